@@ -1,0 +1,73 @@
+//! The bearer-key extractor: `401` without a key or with an unknown one, `403` for the
+//! wrong role or tenant.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use broker_domain::ApiKeyRole;
+use broker_service::api_keys::Principal;
+
+use crate::AppState;
+use crate::problem::ApiError;
+
+/// A caller whose API key checked out.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Admin keys only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.role == ApiKeyRole::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this endpoint needs an admin key".into(),
+            ))
+        }
+    }
+
+    /// Token or admin keys that may serve this tenant.
+    pub fn require_tenant(&self, provet_id: i64) -> Result<(), ApiError> {
+        if self.0.may_serve(provet_id) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "API key `{}` may not serve tenant {provet_id}",
+                self.0.name
+            )))
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let key = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|k| k.trim().to_owned());
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
+            let key = key.ok_or(ApiError::Unauthorized(
+                "send an API key as `Authorization: Bearer <key>`",
+            ))?;
+            match state.broker.authenticate(&key).await? {
+                Some(principal) => {
+                    tracing::Span::current().record("api_key", principal.name.as_str());
+                    Ok(Caller(principal))
+                }
+                None => Err(ApiError::Unauthorized("the API key is unknown or revoked")),
+            }
+        })
+    }
+}

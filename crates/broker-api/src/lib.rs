@@ -1,0 +1,134 @@
+//! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
+//! errors, request metrics and the OpenAPI document.
+
+pub mod auth;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod views;
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpResponse, web};
+use broker_service::Broker;
+use broker_service::metrics::{HttpLabels, RouteLabels};
+use tracing::Instrument;
+
+use crate::problem::ApiError;
+
+/// What every handler gets: built once, shared by all workers.
+pub struct AppState {
+    pub broker: Broker,
+}
+
+/// Registers every route. The app must also wrap `observe` and use `not_found` as its
+/// default service (see `provet-broker`'s startup).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use routes::{admin, hookup, ops, service};
+    cfg.service(
+        web::resource("/hookup/{hookup_secret}")
+            .route(web::post().to(hookup::receive))
+            // Any other method is as unknown as a wrong secret.
+            .default_service(web::to(not_found)),
+    )
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .route("/openapi.json", web::get().to(ops::openapi))
+    .route(
+        "/v1/tenants/{provet_id}",
+        web::get().to(service::get_tenant),
+    )
+    .route("/admin/tenants", web::get().to(admin::list_tenants))
+    .route(
+        "/admin/tenants/{provet_id}",
+        web::get().to(admin::get_tenant),
+    )
+    .route(
+        "/admin/tenants/{provet_id}",
+        web::delete().to(admin::remove_tenant),
+    )
+    .route(
+        "/admin/tenants/{provet_id}/events",
+        web::get().to(admin::tenant_events),
+    )
+    .route("/admin/api-keys", web::post().to(admin::create_api_key))
+    .route("/admin/api-keys", web::get().to(admin::list_api_keys))
+    .route(
+        "/admin/api-keys/{id}",
+        web::delete().to(admin::revoke_api_key),
+    );
+}
+
+/// The answer for every unknown address (and for a wrong hookup secret).
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+/// JSON body errors (bad JSON, wrong fields, too large) as problem+json.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(64 * 1024)
+        .error_handler(|err, _| {
+            ApiError::InvalidRequest(format!("invalid JSON body: {err}")).into()
+        })
+}
+
+/// Query-string errors as problem+json.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::InvalidRequest(format!("invalid query: {err}")).into())
+}
+
+/// Per request: a tracing span with a request id, and the request count and latency by
+/// route pattern (never the concrete path, which for the hookup carries its secret).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_id = format!("{:016x}", rand_id());
+    let span = tracing::info_span!(
+        "request",
+        %request_id,
+        %method,
+        %route,
+        status = tracing::field::Empty,
+        api_key = tracing::field::Empty,
+    );
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let response = next.call(req).instrument(span.clone()).await?;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    if let Some(state) = state {
+        let metrics = &state.broker.metrics;
+        metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        metrics
+            .http_duration
+            .get_or_create(&RouteLabels { method, route })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded per process and per instance: good enough for correlation ids.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}

@@ -1,0 +1,278 @@
+//! `/admin/...`: operators' view of tenants, hookup deliveries and API keys (admin keys).
+
+use actix_web::{HttpResponse, web};
+use broker_domain::{ApiKeyRole, ProvetId};
+use broker_service::TenantFilter;
+use broker_service::api_keys::ApiKeyError;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::problem::ApiError;
+use crate::views::{
+    ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, EventPage, EventView, TenantPage,
+    TenantView,
+};
+
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 500;
+
+/// Parses a `{provet_id}` path segment.
+pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<ProvetId>()
+        .map(ProvetId::get)
+        .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
+}
+
+fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    /// `active` or `removed`.
+    status: Option<String>,
+    /// `authorization_code` or `client_credentials`.
+    grant_type: Option<String>,
+    /// `pending`, `ok`, `failed` or `not_applicable`.
+    discovery: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u64>,
+    /// Tenants after this provet_id (from `next_after`).
+    after: Option<i64>,
+}
+
+/// Lists tenants, filtered and paginated by provet_id.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants",
+    tag = "admin",
+    params(TenantQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = TenantPage), (status = 400, body = crate::problem::Problem), (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem))
+)]
+pub async fn list_tenants(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<TenantQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let q = query.into_inner();
+    if let Some(s) = &q.status {
+        s.parse::<broker_domain::TenantStatus>()
+            .map_err(ApiError::InvalidRequest)?;
+    }
+    if q.grant_type
+        .as_deref()
+        .is_some_and(|g| broker_domain::GrantType::parse(g).is_none())
+    {
+        return Err(ApiError::InvalidRequest(
+            "grant_type must be `authorization_code` or `client_credentials`".into(),
+        ));
+    }
+    if q.discovery
+        .as_deref()
+        .is_some_and(|d| !["pending", "ok", "failed", "not_applicable"].contains(&d))
+    {
+        return Err(ApiError::InvalidRequest(
+            "discovery must be `pending`, `ok`, `failed` or `not_applicable`".into(),
+        ));
+    }
+    let limit = page_size(q.limit)?;
+    let tenants = state
+        .broker
+        .tenants(&TenantFilter {
+            status: q.status,
+            grant_type: q
+                .grant_type
+                .as_deref()
+                .and_then(broker_domain::GrantType::parse)
+                .map(|g| g.as_str().to_owned()),
+            discovery: q.discovery,
+            after: q.after,
+            limit,
+        })
+        .await?;
+    let next_after = (tenants.len() as u64 == limit)
+        .then(|| tenants.last().map(|t| t.provet_id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(TenantPage {
+        tenants: tenants.into_iter().map(TenantView::from).collect(),
+        next_after,
+    }))
+}
+
+/// One tenant: client (no secret), credentials, discovery and grants.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{provet_id}",
+    tag = "admin",
+    params(("provet_id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn get_tenant(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = provet_id(&path)?;
+    let tenant = state
+        .broker
+        .tenant(id)
+        .await?
+        .ok_or(ApiError::TenantNotFound(id))?;
+    Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u64>,
+    /// Events older than this id (from `next_before`).
+    before: Option<i64>,
+}
+
+/// Every hookup delivery for the tenant, newest first, redacted.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{provet_id}/events",
+    tag = "admin",
+    params(("provet_id" = i64, Path), EventQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = EventPage), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn tenant_events(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<EventQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = provet_id(&path)?;
+    let limit = page_size(query.limit)?;
+    let events = state.broker.deliveries(id, query.before, limit).await?;
+    if events.is_empty() && query.before.is_none() && state.broker.tenant(id).await?.is_none() {
+        return Err(ApiError::TenantNotFound(id));
+    }
+    let next_before = (events.len() as u64 == limit)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(EventPage {
+        events: events.into_iter().map(EventView::from).collect(),
+        next_before,
+    }))
+}
+
+/// The tenant removed the integration: disable it and wipe its secret, grants and tokens.
+#[utoipa::path(
+    delete,
+    path = "/admin/tenants/{provet_id}",
+    tag = "admin",
+    params(("provet_id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn remove_tenant(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = provet_id(&path)?;
+    if !state.broker.remove_tenant(id).await? {
+        return Err(ApiError::TenantNotFound(id));
+    }
+    let tenant = state
+        .broker
+        .tenant(id)
+        .await?
+        .ok_or(ApiError::TenantNotFound(id))?;
+    Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
+}
+
+/// Creates an API key; the answer carries the key, shown this once.
+#[utoipa::path(
+    post,
+    path = "/admin/api-keys",
+    tag = "admin",
+    request_body = CreateApiKey,
+    security(("api_key" = [])),
+    responses((status = 201, body = CreatedApiKey), (status = 400, body = crate::problem::Problem))
+)]
+pub async fn create_api_key(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<CreateApiKey>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let body = body.into_inner();
+    let role: ApiKeyRole = body.role.parse().map_err(ApiError::InvalidRequest)?;
+    let created = state
+        .broker
+        .create_api_key(&body.name, role, body.tenants)
+        .await
+        .map_err(|e| match e {
+            ApiKeyError::Invalid(m) => ApiError::InvalidRequest(m),
+            ApiKeyError::Store(e) => e.into(),
+        })?;
+    Ok(HttpResponse::Created().json(CreatedApiKey {
+        api_key: ApiKeyView::from(created.record),
+        key: created.key.expose_secret().to_owned(),
+    }))
+}
+
+/// Lists API keys (never the keys themselves).
+#[utoipa::path(
+    get,
+    path = "/admin/api-keys",
+    tag = "admin",
+    security(("api_key" = [])),
+    responses((status = 200, body = ApiKeyList))
+)]
+pub async fn list_api_keys(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let keys = state.broker.api_keys().await?;
+    Ok(HttpResponse::Ok().json(ApiKeyList {
+        api_keys: keys.into_iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// Revokes an API key at once.
+#[utoipa::path(
+    delete,
+    path = "/admin/api-keys/{id}",
+    tag = "admin",
+    params(("id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn revoke_api_key(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id: i64 = path
+        .parse()
+        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
+    if state.broker.revoke_api_key(id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

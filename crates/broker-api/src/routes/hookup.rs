@@ -1,0 +1,107 @@
+//! `POST /hookup/{secret}`: Provet delivers a tenant's OAuth client.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use broker_domain::ParseError;
+use broker_service::hookup::HookupError;
+use futures_util::StreamExt;
+
+use crate::AppState;
+use crate::problem::ApiError;
+use crate::views::HookupReceiptView;
+
+/// The largest hookup body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Receives one tenant's OAuth client from Provet.
+///
+/// The path segment is the hookup secret: a wrong one answers exactly like an unknown path.
+/// The message is stored in one transaction before the answer; the same message again
+/// answers `unchanged`.
+#[utoipa::path(
+    post,
+    path = "/hookup/{hookup_secret}",
+    tag = "hookup",
+    params(("hookup_secret" = String, Path, description = "The secret path segment given to Provet")),
+    request_body(content = Object, content_type = "application/json", description = "The hookup message (Provet's schema)"),
+    responses(
+        (status = 200, description = "Stored", body = HookupReceiptView),
+        (status = 400, description = "Invalid JSON or schema violations, every field named", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Wrong secret", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not stored; retry", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn receive(
+    state: web::Data<AppState>,
+    secret: web::Path<String>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // The secret first: nothing else about the request may tell a guesser anything.
+    if !state.broker.hookup_secrets.accepts(&secret) {
+        return Err(ApiError::NotFound);
+    }
+    if !is_json(&req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::InvalidRequest(format!("the body could not be read: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::TooLarge(MAX_BODY));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match state.broker.receive_hookup(&body).await {
+        Ok(receipt) => Ok(HttpResponse::Ok().json(HookupReceiptView {
+            provet_id: receipt.provet_id,
+            client_id: receipt.client_id,
+            status: receipt.outcome.as_str().to_owned(),
+        })),
+        Err(HookupError::Invalid(ParseError::InvalidJson(message))) => Err(ApiError::Invalid {
+            detail: "the body is not valid JSON".into(),
+            errors: vec![broker_domain::FieldError {
+                field: "$".into(),
+                message,
+            }],
+        }),
+        Err(HookupError::Invalid(ParseError::Invalid(errors))) => Err(ApiError::Invalid {
+            detail: format!(
+                "the message does not follow the hookup schema: {} problem(s), each named in `errors`",
+                errors.len()
+            ),
+            errors,
+        }),
+        Err(HookupError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `application/json` or any `+json` type, parameters (charset) allowed.
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}

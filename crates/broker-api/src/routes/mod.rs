@@ -1,0 +1,4 @@
+pub mod admin;
+pub mod hookup;
+pub mod ops;
+pub mod service;

@@ -1,0 +1,53 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use actix_web::{HttpResponse, web};
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::problem::ApiError;
+use crate::views::{Health, Ready};
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// The database answers and its schema is current.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, body = Ready),
+        (status = 503, description = "Database unreachable or migrations pending", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let readiness = state.broker.readiness().await?;
+    if readiness.pending_migrations > 0 {
+        return Err(ApiError::Unavailable(format!(
+            "{} migration(s) pending; run `provet-broker migrate`",
+            readiness.pending_migrations
+        )));
+    }
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        database: "ok",
+        pending_migrations: 0,
+    }))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.broker.metrics.render())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, body = Object)))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::ApiDoc::openapi())
+}

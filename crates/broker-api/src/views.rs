@@ -1,0 +1,278 @@
+//! Response bodies: what the HTTP API shows of the broker's records. Never a secret.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, TenantRecord};
+
+/// A tenant as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    pub provet_id: i64,
+    /// `active` or `removed`.
+    pub status: String,
+    pub departments: Vec<i64>,
+    pub client: Option<ClientView>,
+    pub credentials: CredentialsView,
+    pub discovery: DiscoveryView,
+    pub grants: Vec<GrantView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    pub client_id: String,
+    pub client_type: String,
+    pub grant_type: String,
+    pub algorithm: Option<String>,
+    pub token_url: String,
+    pub authorize_url: String,
+    pub openid_autodiscovery_url: Option<String>,
+    pub redirect_uris: Vec<String>,
+    /// Whether a secret is stored (it is never shown).
+    pub has_secret: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialsView {
+    /// `unchecked`, `ok` or `rejected`.
+    pub state: String,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscoveryView {
+    /// `pending`, `ok`, `failed` or `not_applicable`.
+    pub state: String,
+    pub issuer: Option<String>,
+    pub fetched_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GrantView {
+    pub subject: String,
+    /// `active`, `reauthorization_required` or `revoked`.
+    pub state: String,
+}
+
+impl From<TenantRecord> for TenantView {
+    fn from(t: TenantRecord) -> Self {
+        let credentials = CredentialsView {
+            state: t
+                .client
+                .as_ref()
+                .map_or_else(|| "unchecked".into(), |c| c.credentials_state.clone()),
+            checked_at: t.client.as_ref().and_then(|c| c.credentials_checked_at),
+            last_error: t
+                .client
+                .as_ref()
+                .and_then(|c| c.credentials_last_error.clone()),
+        };
+        let discovery = DiscoveryView {
+            state: match t
+                .client
+                .as_ref()
+                .and_then(|c| c.openid_autodiscovery_url.as_ref())
+            {
+                Some(_) => "pending".into(),
+                None => "not_applicable".into(),
+            },
+            issuer: None,
+            fetched_at: None,
+            next_refresh_at: None,
+            attempts: 0,
+            last_error: None,
+        };
+        Self {
+            provet_id: t.provet_id,
+            status: t.status,
+            departments: t.departments,
+            client: t.client.map(ClientView::from),
+            credentials,
+            discovery,
+            grants: Vec::new(),
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            removed_at: t.removed_at,
+        }
+    }
+}
+
+impl From<ClientRecord> for ClientView {
+    fn from(c: ClientRecord) -> Self {
+        Self {
+            client_id: c.client_id,
+            client_type: c.client_type,
+            grant_type: c.grant_type,
+            algorithm: c.algorithm,
+            token_url: c.token_url,
+            authorize_url: c.authorize_url,
+            openid_autodiscovery_url: c.openid_autodiscovery_url,
+            redirect_uris: c.redirect_uris,
+            has_secret: c.has_secret,
+        }
+    }
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantPage {
+    pub tenants: Vec<TenantView>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<i64>,
+}
+
+/// One hookup delivery, redacted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    pub provet_id: Option<i64>,
+    pub client_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    /// SHA-256 of the body as received.
+    pub digest: String,
+    /// `registered`, `updated`, `unchanged` or `rejected`.
+    pub outcome: String,
+    /// The message with its secret replaced by `[redacted]`.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<serde_json::Value>,
+}
+
+impl From<DeliveryRecord> for EventView {
+    fn from(d: DeliveryRecord) -> Self {
+        Self {
+            id: d.id,
+            provet_id: d.provet_id,
+            client_id: d.client_id,
+            received_at: d.received_at,
+            digest: d.digest,
+            outcome: d.outcome,
+            payload: d.payload,
+            errors: d.errors,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `before` for older events; null when there are none.
+    pub next_before: Option<i64>,
+}
+
+/// What Provet is told after a hookup is stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HookupReceiptView {
+    pub provet_id: i64,
+    pub client_id: String,
+    /// `registered`, `updated` or `unchanged`.
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: i64,
+    pub name: String,
+    /// `token` or `admin`.
+    pub role: String,
+    /// Tenants the key may serve; null for all.
+    pub tenants: Option<Vec<i64>>,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRecord> for ApiKeyView {
+    fn from(k: ApiKeyRecord) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            role: k.role,
+            tenants: k.tenants,
+            prefix: k.key_prefix,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+}
+
+/// A key just created; `key` is shown this once and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub api_key: ApiKeyView,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// `token` or `admin`.
+    pub role: String,
+    /// Limit the key to these tenants; absent or null for all.
+    #[serde(default)]
+    pub tenants: Option<Vec<i64>>,
+}
+
+/// What an internal service may know about a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceTenantView {
+    pub provet_id: i64,
+    pub status: String,
+    pub grant_type: Option<String>,
+    pub client_type: Option<String>,
+    pub departments: Vec<i64>,
+    /// Discovery state: `pending`, `ok`, `failed` or `not_applicable`.
+    pub discovery: String,
+    /// Whether the broker holds something it can get a token with.
+    pub usable_grant: bool,
+}
+
+impl From<TenantRecord> for ServiceTenantView {
+    fn from(t: TenantRecord) -> Self {
+        let view = TenantView::from(t);
+        let usable = view.status == "active"
+            && view
+                .client
+                .as_ref()
+                .is_some_and(|c| c.grant_type == "client_credentials" && c.has_secret)
+            && view.credentials.state != "rejected";
+        Self {
+            provet_id: view.provet_id,
+            status: view.status,
+            grant_type: view.client.as_ref().map(|c| c.grant_type.clone()),
+            client_type: view.client.as_ref().map(|c| c.client_type.clone()),
+            departments: view.departments,
+            discovery: view.discovery.state,
+            usable_grant: usable,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    pub status: &'static str,
+    pub database: &'static str,
+    pub pending_migrations: usize,
+}

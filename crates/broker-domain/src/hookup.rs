@@ -1,0 +1,862 @@
+//! The message Provet POSTs to the hookup URL, and its one parser.
+//!
+//! `HookupMessage::parse` takes the raw body and returns either a message whose every field
+//! is valid, or every problem at once, each naming its field. Error messages never repeat a
+//! field's value: the body carries a client secret.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::hosts::UrlPolicy;
+use crate::tenant::{MAX_PROVET_ID, ProvetId};
+
+const MAX_CLIENT_ID_LEN: usize = 255;
+const MAX_SECRET_LEN: usize = 1024;
+const MAX_URL_LEN: usize = 2048;
+const MAX_REDIRECT_URIS: usize = 32;
+const MAX_DEPARTMENTS: usize = 10_000;
+
+/// The fields the schema requires, in schema order.
+pub const REQUIRED_FIELDS: [&str; 10] = [
+    "provet_id",
+    "client_id",
+    "client_secret",
+    "algorithm",
+    "authorization_grant_type",
+    "client_type",
+    "redirect_uris",
+    "token_url",
+    "authorize_url",
+    "openid_autodiscovery_url",
+];
+const OPTIONAL_FIELDS: [&str; 3] = ["departments", "added_department", "removed_department"];
+
+/// The OAuth flow the tenant's client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    AuthorizationCode,
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// The canonical (RFC 6749) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+
+    /// Accepts both the RFC spelling and django-oauth-toolkit's (`authorization-code`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "authorization_code" | "authorization-code" => Some(Self::AuthorizationCode),
+            "client_credentials" | "client-credentials" => Some(Self::ClientCredentials),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the client can keep a secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientType {
+    Confidential,
+    Public,
+}
+
+impl ClientType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confidential => "confidential",
+            Self::Public => "public",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "confidential" => Some(Self::Confidential),
+            "public" => Some(Self::Public),
+            _ => None,
+        }
+    }
+}
+
+/// How the provider signs ID tokens; absent means the client does not use OpenID Connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SigningAlgorithm {
+    Hs256,
+    Rs256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hs256 => "HS256",
+            Self::Rs256 => "RS256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "HS256" => Some(Self::Hs256),
+            "RS256" => Some(Self::Rs256),
+            _ => None,
+        }
+    }
+}
+
+/// How a message changes the tenant's departments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DepartmentChange {
+    /// `departments` was present: this is the whole set.
+    FullSet(BTreeSet<i64>),
+    /// Only `added_department` / `removed_department` (either may be absent).
+    Delta {
+        added: Option<i64>,
+        removed: Option<i64>,
+    },
+}
+
+impl DepartmentChange {
+    /// The set of departments after applying this change to `current`.
+    pub fn apply(&self, current: &BTreeSet<i64>) -> BTreeSet<i64> {
+        match self {
+            Self::FullSet(set) => set.clone(),
+            Self::Delta { added, removed } => {
+                let mut next = current.clone();
+                if let Some(d) = added {
+                    next.insert(*d);
+                }
+                if let Some(d) = removed {
+                    next.remove(d);
+                }
+                next
+            }
+        }
+    }
+}
+
+/// A hookup message whose every field passed validation.
+#[derive(Clone)]
+pub struct HookupMessage {
+    pub provet_id: ProvetId,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub algorithm: Option<SigningAlgorithm>,
+    pub grant_type: GrantType,
+    pub client_type: ClientType,
+    pub redirect_uris: Vec<Url>,
+    pub token_url: Url,
+    pub authorize_url: Url,
+    pub openid_autodiscovery_url: Option<Url>,
+    pub departments: DepartmentChange,
+    /// Top-level fields the schema does not know; ignored, named in the delivery record.
+    pub ignored_fields: Vec<String>,
+    /// SHA-256 of the raw body, hex: identifies a delivery without storing it.
+    pub digest: String,
+}
+
+impl fmt::Debug for HookupMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookupMessage")
+            .field("provet_id", &self.provet_id)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("grant_type", &self.grant_type)
+            .field("client_type", &self.client_type)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One problem with one field of the message. `field` is a JSON path (`departments[2]`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a body is not a valid hookup message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the message does not follow the hookup schema ({} problems)", .0.len())]
+    Invalid(Vec<FieldError>),
+}
+
+impl HookupMessage {
+    /// Validates a raw body against the hookup schema and the broker's rules, returning the
+    /// message or every problem found.
+    pub fn parse(body: &[u8], policy: &UrlPolicy) -> Result<Self, ParseError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            // serde_json's messages name a position and a category, never the input.
+            ParseError::InvalidJson(e.to_string())
+        })?;
+        let Value::Object(object) = value else {
+            return Err(ParseError::Invalid(vec![FieldError::new(
+                "$",
+                "must be a JSON object",
+            )]));
+        };
+        let digest = hex::encode(Sha256::digest(body));
+        Parser {
+            object: &object,
+            errors: Vec::new(),
+            policy,
+        }
+        .run(digest)
+    }
+
+    /// The message as stored in the delivery record: every field, the secret replaced.
+    pub fn redacted_json(&self) -> Value {
+        let departments = match &self.departments {
+            DepartmentChange::FullSet(set) => serde_json::json!({ "departments": set }),
+            DepartmentChange::Delta { added, removed } => serde_json::json!({
+                "added_department": added,
+                "removed_department": removed,
+            }),
+        };
+        let mut v = serde_json::json!({
+            "provet_id": self.provet_id.get(),
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.as_ref().map(|_| "[redacted]"),
+            "algorithm": self.algorithm.map(SigningAlgorithm::as_str),
+            "authorization_grant_type": self.grant_type.as_str(),
+            "client_type": self.client_type.as_str(),
+            "redirect_uris": self.redirect_uris.iter().map(Url::as_str).collect::<Vec<_>>().join(" "),
+            "token_url": self.token_url.as_str(),
+            "authorize_url": self.authorize_url.as_str(),
+            "openid_autodiscovery_url": self.openid_autodiscovery_url.as_ref().map(Url::as_str),
+        });
+        if let (Value::Object(target), Value::Object(extra)) = (&mut v, departments) {
+            target.extend(extra);
+            if !self.ignored_fields.is_empty() {
+                target.insert("ignored_fields".into(), self.ignored_fields.clone().into());
+            }
+        }
+        v
+    }
+
+    /// The secret's bytes, for comparing with a stored one.
+    pub fn secret_str(&self) -> Option<&str> {
+        self.client_secret.as_ref().map(|s| s.expose_secret())
+    }
+}
+
+struct Parser<'a> {
+    object: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+    policy: &'a UrlPolicy,
+}
+
+impl Parser<'_> {
+    fn run(mut self, digest: String) -> Result<HookupMessage, ParseError> {
+        for field in REQUIRED_FIELDS {
+            if !self.object.contains_key(field) {
+                self.error(field, "is required");
+            }
+        }
+        let provet_id = self.provet_id();
+        let client_id = self.client_id();
+        let client_secret = self.optional_string("client_secret", MAX_SECRET_LEN);
+        let algorithm = self.algorithm();
+        let grant_type = self.enumeration(
+            "authorization_grant_type",
+            GrantType::parse,
+            "must be `authorization_code` or `client_credentials` (`authorization-code`, `client-credentials` also accepted)",
+        );
+        let client_type = self.enumeration(
+            "client_type",
+            ClientType::parse,
+            "must be `confidential` or `public`",
+        );
+        let redirect_uris = self.redirect_uris();
+        let token_url = self.upstream_url("token_url");
+        let authorize_url = self.upstream_url("authorize_url");
+        let openid_autodiscovery_url = match self
+            .optional_string("openid_autodiscovery_url", MAX_URL_LEN)
+        {
+            Some(Some(raw)) if !raw.is_empty() => self.check_url("openid_autodiscovery_url", &raw),
+            Some(_) => Some(None),
+            None => None,
+        };
+        let departments = self.departments();
+        let ignored_fields: Vec<String> = self
+            .object
+            .keys()
+            .filter(|k| {
+                !REQUIRED_FIELDS.contains(&k.as_str()) && !OPTIONAL_FIELDS.contains(&k.as_str())
+            })
+            .cloned()
+            .collect();
+
+        // Rules across fields.
+        let secret_present = matches!(&client_secret, Some(Some(s)) if !s.is_empty());
+        if client_type == Some(ClientType::Confidential)
+            && client_secret.is_some()
+            && !secret_present
+        {
+            self.error("client_secret", "is required for a confidential client");
+        }
+        if algorithm == Some(Some(SigningAlgorithm::Hs256))
+            && client_secret.is_some()
+            && !secret_present
+        {
+            self.error(
+                "client_secret",
+                "is required for HS256: it is the ID-token key",
+            );
+        }
+        if grant_type == Some(GrantType::ClientCredentials)
+            && client_type == Some(ClientType::Public)
+        {
+            self.error(
+                "client_type",
+                "must be `confidential` for the client_credentials grant",
+            );
+        }
+        if grant_type == Some(GrantType::AuthorizationCode)
+            && matches!(&redirect_uris, Some(v) if v.is_empty())
+        {
+            self.error(
+                "redirect_uris",
+                "must name at least one URI for the authorization_code grant",
+            );
+        }
+
+        match (
+            provet_id,
+            client_id,
+            client_secret,
+            algorithm,
+            grant_type,
+            client_type,
+            redirect_uris,
+            token_url,
+            authorize_url,
+            openid_autodiscovery_url,
+            departments,
+        ) {
+            (
+                Some(provet_id),
+                Some(client_id),
+                Some(client_secret),
+                Some(algorithm),
+                Some(grant_type),
+                Some(client_type),
+                Some(redirect_uris),
+                Some(token_url),
+                Some(authorize_url),
+                Some(openid_autodiscovery_url),
+                Some(departments),
+            ) if self.errors.is_empty() => Ok(HookupMessage {
+                provet_id,
+                client_id,
+                client_secret: client_secret
+                    .filter(|s| !s.is_empty())
+                    .map(SecretString::from),
+                algorithm,
+                grant_type,
+                client_type,
+                redirect_uris,
+                token_url,
+                authorize_url,
+                openid_autodiscovery_url,
+                departments,
+                ignored_fields,
+                digest,
+            }),
+            _ => Err(ParseError::Invalid(self.errors)),
+        }
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    fn provet_id(&mut self) -> Option<ProvetId> {
+        let value = self.object.get("provet_id")?;
+        match integer(value) {
+            Ok(n) => match ProvetId::new(n) {
+                Ok(id) => Some(id),
+                Err(message) => {
+                    self.error("provet_id", message);
+                    None
+                }
+            },
+            Err(message) => {
+                self.error("provet_id", message);
+                None
+            }
+        }
+    }
+
+    fn client_id(&mut self) -> Option<String> {
+        let value = self.object.get("client_id")?;
+        let Value::String(s) = value else {
+            self.error(
+                "client_id",
+                format!("must be a string, not {}", kind(value)),
+            );
+            return None;
+        };
+        if s.trim().is_empty() {
+            self.error("client_id", "must not be empty");
+            None
+        } else if s.len() > MAX_CLIENT_ID_LEN {
+            self.error(
+                "client_id",
+                format!("must be at most {MAX_CLIENT_ID_LEN} bytes"),
+            );
+            None
+        } else if s.chars().any(char::is_control) {
+            self.error("client_id", "must not contain control characters");
+            None
+        } else {
+            Some(s.clone())
+        }
+    }
+
+    /// A required field typed `null|string`: `Some(None)` for null, `None` when missing or bad.
+    fn optional_string(&mut self, field: &str, max_len: usize) -> Option<Option<String>> {
+        match self.object.get(field)? {
+            Value::Null => Some(None),
+            Value::String(s) if s.len() > max_len => {
+                self.error(field, format!("must be at most {max_len} bytes"));
+                None
+            }
+            Value::String(s) if s.contains('\0') => {
+                self.error(field, "must not contain NUL characters");
+                None
+            }
+            Value::String(s) => Some(Some(s.clone())),
+            other => {
+                self.error(
+                    field,
+                    format!("must be a string or null, not {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn algorithm(&mut self) -> Option<Option<SigningAlgorithm>> {
+        match self.optional_string("algorithm", 16)? {
+            // django-oauth-toolkit spells "no OpenID Connect" as the empty string.
+            None => Some(None),
+            Some(s) if s.is_empty() => Some(None),
+            Some(s) => match SigningAlgorithm::parse(&s) {
+                Some(a) => Some(Some(a)),
+                None => {
+                    self.error("algorithm", "must be `HS256`, `RS256` or null");
+                    None
+                }
+            },
+        }
+    }
+
+    fn enumeration<T>(
+        &mut self,
+        field: &str,
+        parse: fn(&str) -> Option<T>,
+        expected: &str,
+    ) -> Option<T> {
+        let value = self.object.get(field)?;
+        let Value::String(s) = value else {
+            self.error(field, format!("must be a string, not {}", kind(value)));
+            return None;
+        };
+        let parsed = parse(s);
+        if parsed.is_none() {
+            self.error(field, expected);
+        }
+        parsed
+    }
+
+    fn redirect_uris(&mut self) -> Option<Vec<Url>> {
+        let value = self.object.get("redirect_uris")?;
+        let Value::String(s) = value else {
+            self.error(
+                "redirect_uris",
+                format!("must be a space-separated string, not {}", kind(value)),
+            );
+            return None;
+        };
+        let mut uris = Vec::new();
+        let mut ok = true;
+        for (i, raw) in s.split_whitespace().enumerate() {
+            match Url::parse(raw) {
+                Ok(url) if url.cannot_be_a_base() => {
+                    self.error(
+                        format!("redirect_uris[{i}]"),
+                        "must be an absolute URL with a host or path",
+                    );
+                    ok = false;
+                }
+                Ok(url) if url.fragment().is_some() => {
+                    self.error(format!("redirect_uris[{i}]"), "must not carry a fragment");
+                    ok = false;
+                }
+                Ok(url) => uris.push(url),
+                Err(e) => {
+                    self.error(
+                        format!("redirect_uris[{i}]"),
+                        format!("must be an absolute URL ({e})"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if uris.len() > MAX_REDIRECT_URIS {
+            self.error(
+                "redirect_uris",
+                format!("must list at most {MAX_REDIRECT_URIS} URIs"),
+            );
+            ok = false;
+        }
+        ok.then_some(uris)
+    }
+
+    fn upstream_url(&mut self, field: &str) -> Option<Url> {
+        let value = self.object.get(field)?;
+        let Value::String(raw) = value else {
+            self.error(field, format!("must be a string, not {}", kind(value)));
+            return None;
+        };
+        self.check_url(field, raw).flatten()
+    }
+
+    /// `Some(Some(url))` when valid; `None` after recording the problem.
+    fn check_url(&mut self, field: &str, raw: &str) -> Option<Option<Url>> {
+        if raw.len() > MAX_URL_LEN {
+            self.error(field, format!("must be at most {MAX_URL_LEN} bytes"));
+            return None;
+        }
+        match self.policy.check(raw) {
+            Ok(url) => Some(Some(url)),
+            Err(message) => {
+                self.error(field, message);
+                None
+            }
+        }
+    }
+
+    fn department_id(&mut self, field: &str, value: &Value) -> Option<i64> {
+        match integer(value) {
+            Ok(n) if (0..=MAX_PROVET_ID).contains(&n) => Some(n),
+            Ok(_) => {
+                self.error(
+                    field,
+                    format!("must be an integer from 0 to {MAX_PROVET_ID}"),
+                );
+                None
+            }
+            Err(message) => {
+                self.error(field, message);
+                None
+            }
+        }
+    }
+
+    fn departments(&mut self) -> Option<DepartmentChange> {
+        let single = |this: &mut Self, field: &str| -> Result<Option<i64>, ()> {
+            match this.object.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => this.department_id(field, v).map(Some).ok_or(()),
+            }
+        };
+        let added = single(self, "added_department");
+        let removed = single(self, "removed_department");
+        let full = match self.object.get("departments") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if items.len() > MAX_DEPARTMENTS => {
+                self.error(
+                    "departments",
+                    format!("must list at most {MAX_DEPARTMENTS} departments"),
+                );
+                Err(())
+            }
+            Some(Value::Array(items)) => {
+                let mut set = BTreeSet::new();
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match self.department_id(&format!("departments[{i}]"), item) {
+                        Some(d) => {
+                            set.insert(d);
+                        }
+                        None => ok = false,
+                    }
+                }
+                if ok { Ok(Some(set)) } else { Err(()) }
+            }
+            Some(other) => {
+                self.error(
+                    "departments",
+                    format!("must be an array of integers or null, not {}", kind(other)),
+                );
+                Err(())
+            }
+        };
+        match (full, added, removed) {
+            (Ok(Some(set)), Ok(_), Ok(_)) => Some(DepartmentChange::FullSet(set)),
+            (Ok(None), Ok(added), Ok(removed)) => Some(DepartmentChange::Delta { added, removed }),
+            _ => None,
+        }
+    }
+}
+
+/// An integral JSON number (1.0 counts, 1.5 does not) that fits an i64.
+fn integer(value: &Value) -> Result<i64, String> {
+    let Value::Number(n) = value else {
+        return Err(format!("must be an integer, not {}", kind(value)));
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Err(format!("must be at most {MAX_PROVET_ID}"));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() <= MAX_PROVET_ID as f64 => Ok(f as i64),
+        Some(f) if f.fract() == 0.0 => Err(format!("must be at most {MAX_PROVET_ID}")),
+        _ => Err("must be an integer, not a fraction".into()),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hosts::HostAllowlist;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn policy() -> UrlPolicy {
+        UrlPolicy {
+            allowlist: HostAllowlist::new(["provetcloud.com", "*.provetcloud.com"]).unwrap(),
+            allow_http: false,
+        }
+    }
+
+    fn valid() -> Value {
+        json!({
+            "provet_id": 7,
+            "client_id": "abc",
+            "client_secret": "s3cret-value",
+            "algorithm": null,
+            "authorization_grant_type": "client_credentials",
+            "client_type": "confidential",
+            "redirect_uris": "",
+            "token_url": "https://us.provetcloud.com/7/oauth2/token/",
+            "authorize_url": "https://us.provetcloud.com/7/oauth2/authorize/",
+            "openid_autodiscovery_url": null
+        })
+    }
+
+    fn parse(v: &Value) -> Result<HookupMessage, ParseError> {
+        HookupMessage::parse(v.to_string().as_bytes(), &policy())
+    }
+
+    fn fields(v: &Value) -> Vec<String> {
+        match parse(v) {
+            Err(ParseError::Invalid(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_message_parses() {
+        let m = parse(&valid()).unwrap();
+        assert_eq!(m.provet_id.get(), 7);
+        assert_eq!(m.grant_type, GrantType::ClientCredentials);
+        assert_eq!(
+            m.departments,
+            DepartmentChange::Delta {
+                added: None,
+                removed: None
+            }
+        );
+        assert_eq!(m.secret_str(), Some("s3cret-value"));
+    }
+
+    #[test]
+    fn both_grant_spellings_are_accepted() {
+        for (raw, grant) in [
+            ("authorization-code", GrantType::AuthorizationCode),
+            ("authorization_code", GrantType::AuthorizationCode),
+            ("client-credentials", GrantType::ClientCredentials),
+        ] {
+            let mut v = valid();
+            v["authorization_grant_type"] = raw.into();
+            v["redirect_uris"] = "https://broker.example/oauth/callback".into();
+            assert_eq!(parse(&v).unwrap().grant_type, grant);
+        }
+    }
+
+    #[test]
+    fn every_missing_field_is_named() {
+        assert_eq!(fields(&json!({})), REQUIRED_FIELDS.to_vec());
+    }
+
+    #[test]
+    fn provet_id_must_be_integral_and_in_range() {
+        for bad in [
+            json!(1.5),
+            json!(-1),
+            json!(0),
+            json!(1u64 << 60),
+            json!("7"),
+            json!(null),
+        ] {
+            let mut v = valid();
+            v["provet_id"] = bad;
+            assert_eq!(fields(&v), ["provet_id"]);
+        }
+        let mut v = valid();
+        v["provet_id"] = json!(7.0);
+        assert_eq!(parse(&v).unwrap().provet_id.get(), 7);
+    }
+
+    #[test]
+    fn errors_never_echo_the_secret() {
+        let mut v = valid();
+        v["client_secret"] = json!(42);
+        v["token_url"] = "https://s3cret-value@evil.example/".into();
+        let err = format!("{:?}", parse(&v));
+        assert!(!err.contains("s3cret-value"), "{err}");
+        let ok = format!("{:?}", parse(&valid()));
+        assert!(!ok.contains("s3cret-value"), "{ok}");
+    }
+
+    #[test]
+    fn departments_full_set_wins_over_changes() {
+        let mut v = valid();
+        v["departments"] = json!([3, 1, 3]);
+        v["added_department"] = json!(9);
+        assert_eq!(
+            parse(&v).unwrap().departments,
+            DepartmentChange::FullSet([1, 3].into())
+        );
+        let mut v = valid();
+        v["departments"] = json!([1, "x", 2.5]);
+        assert_eq!(fields(&v), ["departments[1]", "departments[2]"]);
+    }
+
+    #[test]
+    fn empty_algorithm_means_no_openid() {
+        let mut v = valid();
+        v["algorithm"] = "".into();
+        assert_eq!(parse(&v).unwrap().algorithm, None);
+    }
+
+    #[test]
+    fn a_confidential_client_needs_a_secret() {
+        let mut v = valid();
+        v["client_secret"] = Value::Null;
+        assert_eq!(fields(&v), ["client_secret"]);
+    }
+
+    #[test]
+    fn the_redacted_form_has_no_secret() {
+        let m = parse(&valid()).unwrap();
+        let text = m.redacted_json().to_string();
+        assert!(!text.contains("s3cret-value"));
+        assert!(text.contains("[redacted]"));
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any bytes at all: the parser answers, never panics.
+        #[test]
+        fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = HookupMessage::parse(&body, &policy());
+        }
+
+        /// Replacing any one field of a valid message with arbitrary JSON either still parses
+        /// or names that field (and only fields it could affect) in the errors.
+        #[test]
+        fn a_bad_field_is_named(index in 0..REQUIRED_FIELDS.len(), replacement in arbitrary_json()) {
+            let field = REQUIRED_FIELDS[index];
+            let mut v = valid();
+            v[field] = replacement;
+            match parse(&v) {
+                Ok(m) => prop_assert_eq!(m.provet_id.get() >= 1, true),
+                Err(ParseError::Invalid(errors)) => {
+                    prop_assert!(!errors.is_empty());
+                    prop_assert!(errors.iter().all(|e| !e.message.contains("s3cret-value")));
+                    prop_assert!(
+                        errors.iter().any(|e| e.field.starts_with(field) || e.field == "client_secret" || e.field == "client_type"),
+                        "errors {:?} do not name {}", errors, field
+                    );
+                }
+                Err(ParseError::InvalidJson(e)) => prop_assert!(false, "valid JSON rejected: {}", e),
+            }
+        }
+
+        /// Any valid message survives parsing with its values intact.
+        #[test]
+        fn valid_messages_round_trip(
+            id in 1i64..=MAX_PROVET_ID,
+            client_id in "[A-Za-z0-9]{1,40}",
+            secret in "[A-Za-z0-9]{1,128}",
+            departments in prop::collection::btree_set(0i64..100_000, 0..20),
+        ) {
+            let mut v = valid();
+            v["provet_id"] = json!(id);
+            v["client_id"] = json!(client_id);
+            v["client_secret"] = json!(secret);
+            v["departments"] = json!(departments);
+            let m = parse(&v).unwrap();
+            prop_assert_eq!(m.provet_id.get(), id);
+            prop_assert_eq!(m.secret_str(), Some(secret.as_str()));
+            prop_assert_eq!(m.client_id, client_id);
+            prop_assert_eq!(m.departments, DepartmentChange::FullSet(departments));
+        }
+    }
+}

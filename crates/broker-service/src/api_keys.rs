@@ -1,0 +1,124 @@
+//! API keys for internal services and operators. Only a SHA-256 of each key is stored: the
+//! keys are 256 random bits, so a fast hash is as strong as a slow one here.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use broker_domain::{ApiKeyRole, ProvetId};
+use rand::RngCore;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+use crate::{ApiKeyRecord, Broker, StoreError};
+
+const KEY_PREFIX: &str = "pbk_";
+
+/// A key just created: the only time the key itself exists outside its holder.
+pub struct NewApiKey {
+    pub record: ApiKeyRecord,
+    pub key: SecretString,
+}
+
+/// Who is calling, once their key checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: i64,
+    pub name: String,
+    pub role: ApiKeyRole,
+    /// `None`: every tenant.
+    pub tenants: Option<Vec<i64>>,
+}
+
+impl Principal {
+    pub fn may_serve(&self, provet_id: i64) -> bool {
+        self.tenants.as_ref().is_none_or(|t| t.contains(&provet_id))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl Broker {
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        role: ApiKeyRole,
+        tenants: Option<Vec<i64>>,
+    ) -> Result<NewApiKey, ApiKeyError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(ApiKeyError::Invalid(
+                "name must be 1 to 255 printable characters".into(),
+            ));
+        }
+        if let Some(ids) = &tenants {
+            for id in ids {
+                ProvetId::new(*id)
+                    .map_err(|e| ApiKeyError::Invalid(format!("tenant {id}: {e}")))?;
+            }
+        }
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        let record = self
+            .store
+            .insert_api_key(
+                name,
+                role.as_str(),
+                tenants.as_deref(),
+                &hash_key(&key),
+                &key[..12],
+                self.now(),
+            )
+            .await?;
+        tracing::info!(
+            key_id = record.id,
+            name,
+            role = role.as_str(),
+            "API key created"
+        );
+        Ok(NewApiKey {
+            record,
+            key: SecretString::from(key),
+        })
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.store.api_keys().await
+    }
+
+    pub async fn revoke_api_key(&self, id: i64) -> Result<bool, StoreError> {
+        let revoked = self.store.revoke_api_key(id, self.now()).await?;
+        if revoked {
+            tracing::info!(key_id = id, "API key revoked");
+        }
+        Ok(revoked)
+    }
+
+    /// The principal behind a bearer key, or `None` for an unknown or revoked key.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>, StoreError> {
+        if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+            return Ok(None);
+        }
+        let Some(record) = self.store.api_key_by_hash(&hash_key(key)).await? else {
+            return Ok(None);
+        };
+        let Ok(role) = record.role.parse() else {
+            return Ok(None);
+        };
+        Ok(Some(Principal {
+            key_id: record.id,
+            name: record.name,
+            role,
+            tenants: record.tenants,
+        }))
+    }
+}

@@ -1,0 +1,155 @@
+//! Hookup intake: check the secret in the URL, validate the message, persist it in one
+//! transaction, and only then answer.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use broker_domain::{FieldError, HookupMessage, ParseError, ProvetId};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{Broker, HookupOutcome, StoreError};
+
+/// The hookup URL's secret path segments: the current one and any still accepted while Provet
+/// is being moved to a new one.
+pub struct HookupSecrets {
+    digests: Vec<[u8; 32]>,
+    current: SecretString,
+}
+
+impl HookupSecrets {
+    pub fn new(current: SecretString, extra: &[SecretString]) -> Self {
+        let digests = std::iter::once(&current)
+            .chain(extra)
+            .map(|s| Sha256::digest(s.expose_secret().as_bytes()).into())
+            .collect();
+        Self { digests, current }
+    }
+
+    /// 32 random bytes, URL-safe base64: 43 characters no one guesses.
+    pub fn generate() -> SecretString {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        SecretString::from(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The secret to put in the URL given to Provet.
+    pub fn current(&self) -> &SecretString {
+        &self.current
+    }
+
+    /// Compares digests in constant time, always against every accepted secret, so neither
+    /// the length nor the content of a guess changes the time taken.
+    pub fn accepts(&self, candidate: &str) -> bool {
+        let candidate: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, d| acc | d.ct_eq(&candidate))
+            .into()
+    }
+}
+
+/// What Provet is told once a message is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookupReceipt {
+    pub provet_id: i64,
+    pub client_id: String,
+    pub outcome: HookupOutcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookupError {
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+    #[error("the message could not be stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Broker {
+    /// Validates and stores one hookup body. `Ok` means it is durably stored.
+    pub async fn receive_hookup(&self, body: &[u8]) -> Result<HookupReceipt, HookupError> {
+        let msg = match HookupMessage::parse(body, &self.policy) {
+            Ok(msg) => msg,
+            Err(err) => {
+                self.record_rejection(body, &err).await;
+                self.metrics.hookup("rejected");
+                return Err(err.into());
+            }
+        };
+        let span = tracing::info_span!("hookup", provet_id = msg.provet_id.get(), client_id = %msg.client_id);
+        let _guard = span.enter();
+        match self.store.apply_hookup(&msg, self.now()).await {
+            Ok(outcome) => {
+                self.metrics.hookup(outcome.as_str());
+                tracing::info!(
+                    outcome = outcome.as_str(),
+                    grant_type = msg.grant_type.as_str(),
+                    "hookup stored"
+                );
+                Ok(HookupReceipt {
+                    provet_id: msg.provet_id.get(),
+                    client_id: msg.client_id,
+                    outcome,
+                })
+            }
+            Err(err) => {
+                self.metrics.hookup("failed");
+                tracing::error!(error = %err, "hookup could not be stored; Provet will see a 503 and may retry");
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Keeps a trace of a rejected delivery (its digest and field errors; never the body)
+    /// under the tenant it names, when it names one validly.
+    async fn record_rejection(&self, body: &[u8], err: &ParseError) {
+        let errors = match err {
+            ParseError::Invalid(errors) => errors.clone(),
+            ParseError::InvalidJson(message) => vec![FieldError {
+                field: "$".into(),
+                message: message.clone(),
+            }],
+        };
+        let provet_id = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("provet_id").and_then(serde_json::Value::as_i64))
+            .and_then(|id| ProvetId::new(id).ok())
+            .map(ProvetId::get);
+        let digest = hex::encode(Sha256::digest(body));
+        tracing::warn!(
+            provet_id,
+            fields = ?errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            "hookup rejected"
+        );
+        if let Err(e) = self
+            .store
+            .record_rejected_delivery(provet_id, &digest, &errors, self.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not record a rejected hookup delivery");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_current_and_extra_secrets_only() {
+        let s = HookupSecrets::new("one".to_owned().into(), &["two".to_owned().into()]);
+        assert!(s.accepts("one"));
+        assert!(s.accepts("two"));
+        assert!(!s.accepts("on"));
+        assert!(!s.accepts(""));
+    }
+
+    #[test]
+    fn generated_secrets_are_long_and_distinct() {
+        let a = HookupSecrets::generate();
+        let b = HookupSecrets::generate();
+        assert_eq!(a.expose_secret().len(), 43);
+        assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+}

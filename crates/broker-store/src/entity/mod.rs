@@ -1,0 +1,8 @@
+//! sea-orm entities, one per table; the schema itself lives in the `migrations` crate.
+
+pub mod api_key;
+pub mod client;
+pub mod department;
+pub mod hookup_delivery;
+pub mod setting;
+pub mod tenant;

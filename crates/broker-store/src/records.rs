@@ -1,0 +1,97 @@
+//! What the store hands out: plain data, no sea-orm types, no secrets.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// What a hookup delivery did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookupOutcome {
+    Registered,
+    Updated,
+    Unchanged,
+}
+
+impl HookupOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A tenant with its current client and departments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub provet_id: i64,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub departments: Vec<i64>,
+    pub client: Option<ClientRecord>,
+}
+
+/// A tenant's OAuth client, without its secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub client_type: String,
+    pub grant_type: String,
+    pub algorithm: Option<String>,
+    pub token_url: String,
+    pub authorize_url: String,
+    pub openid_autodiscovery_url: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub has_secret: bool,
+    pub credentials_state: String,
+    pub credentials_checked_at: Option<DateTime<Utc>>,
+    pub credentials_last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One hookup delivery, redacted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub provet_id: Option<i64>,
+    pub client_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub digest: String,
+    pub outcome: String,
+    pub payload: Option<Value>,
+    pub errors: Option<Value>,
+}
+
+/// An API key as listed: never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub tenants: Option<Vec<i64>>,
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Which tenants to list.
+#[derive(Clone, Debug, Default)]
+pub struct TenantFilter {
+    pub status: Option<String>,
+    pub grant_type: Option<String>,
+    /// `pending` (has a discovery URL) or `not_applicable` (has none).
+    pub discovery: Option<String>,
+    /// Keyset pagination: tenants with a larger provet_id than this.
+    pub after: Option<i64>,
+    pub limit: u64,
+}
+
+/// What `rekey` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    pub resealed: u64,
+    pub already_current: u64,
+}

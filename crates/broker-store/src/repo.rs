@@ -1,0 +1,648 @@
+//! The store's operations. Each write that must be atomic runs in one transaction.
+
+use std::collections::BTreeSet;
+
+use broker_domain::{FieldError, HookupMessage};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    IntoActiveModel, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::sync::MutexGuard;
+
+use crate::entity::{api_key, client, department, hookup_delivery, setting, tenant};
+use crate::records::*;
+use crate::{Result, Store, StoreError};
+
+/// Associated data for a client secret: the row's natural identity.
+fn client_secret_aad(provet_id: i64, client_id: &str) -> String {
+    format!("clients.client_secret:{provet_id}:{client_id}")
+}
+
+fn setting_aad(name: &str) -> String {
+    format!("settings.value:{name}")
+}
+
+/// A write transaction, holding the SQLite writer lock for its lifetime.
+struct WriteTx<'a> {
+    tx: DatabaseTransaction,
+    _writer: Option<MutexGuard<'a, ()>>,
+}
+
+impl Store {
+    async fn begin_write(&self) -> Result<WriteTx<'_>> {
+        let writer = match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let tx = self
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    /// Stores a validated hookup message: tenant, client (secret sealed), departments and the
+    /// delivery record, in one transaction. Returns what changed.
+    pub async fn apply_hookup(
+        &self,
+        msg: &HookupMessage,
+        now: DateTime<Utc>,
+    ) -> Result<HookupOutcome> {
+        let provet_id = msg.provet_id.get();
+        let w = self.begin_write().await?;
+        let tx = &w.tx;
+
+        // Create the tenant if new; then lock its row so concurrent deliveries for one tenant
+        // (on any replica) apply one after the other.
+        let inserted = tx
+            .execute(
+                Query::insert()
+                    .into_table(tenant::Entity)
+                    .columns([
+                        tenant::Column::ProvetId,
+                        tenant::Column::Status,
+                        tenant::Column::CreatedAt,
+                        tenant::Column::UpdatedAt,
+                    ])
+                    .values_panic([provet_id.into(), "active".into(), now.into(), now.into()])
+                    .on_conflict(
+                        OnConflict::column(tenant::Column::ProvetId)
+                            .do_nothing()
+                            .to_owned(),
+                    ),
+            )
+            .await?
+            .rows_affected()
+            == 1;
+        let mut select = tenant::Entity::find_by_id(provet_id);
+        if self.is_postgres() {
+            select = select.lock_exclusive();
+        }
+        let tenant_row = select
+            .one(tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("tenant {provet_id} vanished")))?;
+        let reactivated = tenant_row.status != "active";
+
+        let current = client::Entity::find()
+            .filter(client::Column::ProvetId.eq(provet_id))
+            .filter(client::Column::IsCurrent.eq(true))
+            .one(tx)
+            .await?;
+        let current_departments: BTreeSet<i64> = department::Entity::find()
+            .filter(department::Column::ProvetId.eq(provet_id))
+            .all(tx)
+            .await?
+            .into_iter()
+            .map(|d| d.department_id)
+            .collect();
+        let next_departments = msg.departments.apply(&current_departments);
+
+        let client_changed = match &current {
+            Some(c) if c.client_id == msg.client_id => !self.client_matches(c, msg)?,
+            _ => true,
+        };
+        let departments_changed = next_departments != current_departments;
+        let outcome = if inserted || reactivated {
+            HookupOutcome::Registered
+        } else if client_changed || departments_changed {
+            HookupOutcome::Updated
+        } else {
+            HookupOutcome::Unchanged
+        };
+
+        if client_changed {
+            self.store_client(tx, current, msg, now).await?;
+        }
+        if departments_changed {
+            replace_departments(tx, provet_id, &current_departments, &next_departments, now)
+                .await?;
+        }
+        if outcome != HookupOutcome::Unchanged && !inserted {
+            let mut t = tenant_row.into_active_model();
+            t.status = Set("active".into());
+            t.removed_at = Set(None);
+            t.updated_at = Set(now);
+            t.update(tx).await?;
+        }
+        hookup_delivery::ActiveModel {
+            id: NotSet,
+            provet_id: Set(Some(provet_id)),
+            client_id: Set(Some(msg.client_id.clone())),
+            received_at: Set(now),
+            digest: Set(msg.digest.clone()),
+            outcome: Set(outcome.as_str().into()),
+            payload: Set(Some(msg.redacted_json().to_string())),
+            errors: Set(None),
+        }
+        .insert(tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Whether the stored client already says everything the message says.
+    fn client_matches(&self, c: &client::Model, msg: &HookupMessage) -> Result<bool> {
+        let stored_secret = match &c.client_secret {
+            Some(sealed) => Some(
+                self.keyring
+                    .open(&client_secret_aad(c.provet_id, &c.client_id), sealed)?,
+            ),
+            None => None,
+        };
+        let secret_same = match (&stored_secret, &msg.client_secret) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        };
+        Ok(secret_same
+            && c.is_current
+            && c.client_type == msg.client_type.as_str()
+            && c.grant_type == msg.grant_type.as_str()
+            && c.algorithm.as_deref() == msg.algorithm.map(|a| a.as_str())
+            && c.token_url == msg.token_url.as_str()
+            && c.authorize_url == msg.authorize_url.as_str()
+            && c.openid_autodiscovery_url.as_deref()
+                == msg.openid_autodiscovery_url.as_ref().map(|u| u.as_str())
+            && c.redirect_uris == redirect_uris_json(msg))
+    }
+
+    /// Writes the message's client: updates the current one in place, or supersedes it
+    /// (secret wiped, row kept for audit) and makes the message's client current.
+    async fn store_client(
+        &self,
+        tx: &DatabaseTransaction,
+        current: Option<client::Model>,
+        msg: &HookupMessage,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let provet_id = msg.provet_id.get();
+        if let Some(old) = current.filter(|c| c.client_id != msg.client_id) {
+            let mut old = old.into_active_model();
+            old.is_current = Set(false);
+            old.superseded_at = Set(Some(now));
+            old.client_secret = Set(None);
+            old.updated_at = Set(now);
+            old.update(tx).await?;
+        }
+        let existing = client::Entity::find()
+            .filter(client::Column::ProvetId.eq(provet_id))
+            .filter(client::Column::ClientId.eq(msg.client_id.as_str()))
+            .one(tx)
+            .await?;
+        let sealed = msg.client_secret.as_ref().map(|s| {
+            self.keyring.seal(
+                &client_secret_aad(provet_id, &msg.client_id),
+                s.expose_secret(),
+            )
+        });
+        let mut row = match existing {
+            Some(row) => row.into_active_model(),
+            None => client::ActiveModel {
+                id: NotSet,
+                provet_id: Set(provet_id),
+                client_id: Set(msg.client_id.clone()),
+                created_at: Set(now),
+                ..Default::default()
+            },
+        };
+        row.client_secret = Set(sealed);
+        row.client_type = Set(msg.client_type.as_str().into());
+        row.grant_type = Set(msg.grant_type.as_str().into());
+        row.algorithm = Set(msg.algorithm.map(|a| a.as_str().into()));
+        row.token_url = Set(msg.token_url.to_string());
+        row.authorize_url = Set(msg.authorize_url.to_string());
+        row.openid_autodiscovery_url =
+            Set(msg.openid_autodiscovery_url.as_ref().map(|u| u.to_string()));
+        row.redirect_uris = Set(redirect_uris_json(msg));
+        row.is_current = Set(true);
+        row.superseded_at = Set(None);
+        // New credentials have not been tried yet.
+        row.credentials_state = Set("unchecked".into());
+        row.credentials_checked_at = Set(None);
+        row.credentials_last_error = Set(None);
+        row.updated_at = Set(now);
+        row.save(tx).await?;
+        Ok(())
+    }
+
+    /// Records a delivery that failed validation. Changes nothing else.
+    pub async fn record_rejected_delivery(
+        &self,
+        provet_id: Option<i64>,
+        digest: &str,
+        errors: &[FieldError],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let errors = serde_json::to_string(errors).unwrap_or_default();
+        hookup_delivery::ActiveModel {
+            id: NotSet,
+            provet_id: Set(provet_id),
+            client_id: Set(None),
+            received_at: Set(now),
+            digest: Set(digest.into()),
+            outcome: Set("rejected".into()),
+            payload: Set(None),
+            errors: Set(Some(errors)),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// One tenant with its current client and departments.
+    pub async fn tenant(&self, provet_id: i64) -> Result<Option<TenantRecord>> {
+        let Some(t) = tenant::Entity::find_by_id(provet_id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        Ok(self.assemble(vec![t]).await?.pop())
+    }
+
+    /// A page of tenants, ordered by provet_id.
+    pub async fn tenants(&self, filter: &TenantFilter) -> Result<Vec<TenantRecord>> {
+        let mut q = tenant::Entity::find().order_by_asc(tenant::Column::ProvetId);
+        if let Some(status) = &filter.status {
+            q = q.filter(tenant::Column::Status.eq(status.as_str()));
+        }
+        if let Some(after) = filter.after {
+            q = q.filter(tenant::Column::ProvetId.gt(after));
+        }
+        if filter.grant_type.is_some() || filter.discovery.is_some() {
+            let mut sub = Query::select();
+            sub.column(client::Column::ProvetId)
+                .from(client::Entity)
+                .and_where(client::Column::IsCurrent.eq(true));
+            if let Some(grant) = &filter.grant_type {
+                sub.and_where(client::Column::GrantType.eq(grant.as_str()));
+            }
+            match filter.discovery.as_deref() {
+                Some("not_applicable") => {
+                    sub.and_where(client::Column::OpenidAutodiscoveryUrl.is_null());
+                }
+                Some(_) => {
+                    sub.and_where(client::Column::OpenidAutodiscoveryUrl.is_not_null());
+                }
+                None => {}
+            }
+            q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
+        }
+        let rows = q.limit(filter.limit).all(&self.db).await?;
+        self.assemble(rows).await
+    }
+
+    pub async fn count_tenants(&self) -> Result<u64> {
+        Ok(tenant::Entity::find().count(&self.db).await?)
+    }
+
+    async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {
+        let ids: Vec<i64> = tenants.iter().map(|t| t.provet_id).collect();
+        let clients = client::Entity::find()
+            .filter(client::Column::ProvetId.is_in(ids.clone()))
+            .filter(client::Column::IsCurrent.eq(true))
+            .all(&self.db)
+            .await?;
+        let departments = department::Entity::find()
+            .filter(department::Column::ProvetId.is_in(ids))
+            .order_by_asc(department::Column::DepartmentId)
+            .all(&self.db)
+            .await?;
+        Ok(tenants
+            .into_iter()
+            .map(|t| TenantRecord {
+                provet_id: t.provet_id,
+                departments: departments
+                    .iter()
+                    .filter(|d| d.provet_id == t.provet_id)
+                    .map(|d| d.department_id)
+                    .collect(),
+                client: clients
+                    .iter()
+                    .find(|c| c.provet_id == t.provet_id)
+                    .map(client_record),
+                status: t.status,
+                created_at: t.created_at,
+                updated_at: t.updated_at,
+                removed_at: t.removed_at,
+            })
+            .collect())
+    }
+
+    /// Hookup deliveries for one tenant, newest first.
+    pub async fn deliveries(
+        &self,
+        provet_id: i64,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut q = hookup_delivery::Entity::find()
+            .filter(hookup_delivery::Column::ProvetId.eq(provet_id))
+            .order_by_desc(hookup_delivery::Column::Id);
+        if let Some(before) = before {
+            q = q.filter(hookup_delivery::Column::Id.lt(before));
+        }
+        Ok(q.limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|d| DeliveryRecord {
+                id: d.id,
+                provet_id: d.provet_id,
+                client_id: d.client_id,
+                received_at: d.received_at,
+                digest: d.digest,
+                outcome: d.outcome,
+                payload: d.payload.and_then(|p| serde_json::from_str(&p).ok()),
+                errors: d.errors.and_then(|e| serde_json::from_str(&e).ok()),
+            })
+            .collect())
+    }
+
+    /// The tenant removed the integration: mark it removed and wipe every secret it had.
+    /// Returns false for an unknown tenant.
+    pub async fn remove_tenant(&self, provet_id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let w = self.begin_write().await?;
+        let Some(t) = tenant::Entity::find_by_id(provet_id).one(&w.tx).await? else {
+            return Ok(false);
+        };
+        client::Entity::update_many()
+            .col_expr(client::Column::ClientSecret, Option::<String>::None.into())
+            .col_expr(client::Column::UpdatedAt, now.into())
+            .filter(client::Column::ProvetId.eq(provet_id))
+            .exec(&w.tx)
+            .await?;
+        if t.status != "removed" {
+            let mut t = t.into_active_model();
+            t.status = Set("removed".into());
+            t.removed_at = Set(Some(now));
+            t.updated_at = Set(now);
+            t.update(&w.tx).await?;
+        }
+        w.tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The current client's secret of an active tenant, opened.
+    pub async fn client_secret(&self, provet_id: i64) -> Result<Option<SecretString>> {
+        let Some(c) = client::Entity::find()
+            .filter(client::Column::ProvetId.eq(provet_id))
+            .filter(client::Column::IsCurrent.eq(true))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        match c.client_secret {
+            Some(sealed) => Ok(Some(
+                self.keyring
+                    .open(&client_secret_aad(c.provet_id, &c.client_id), &sealed)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    // ---- API keys ----
+
+    pub async fn insert_api_key(
+        &self,
+        name: &str,
+        role: &str,
+        tenants: Option<&[i64]>,
+        key_hash: &str,
+        key_prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKeyRecord> {
+        let row = api_key::ActiveModel {
+            id: NotSet,
+            name: Set(name.into()),
+            role: Set(role.into()),
+            tenants: Set(tenants.map(|t| serde_json::to_string(t).unwrap_or_default())),
+            key_hash: Set(key_hash.into()),
+            key_prefix: Set(key_prefix.into()),
+            created_at: Set(now),
+            revoked_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(api_key_record(row))
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Ok(api_key::Entity::find()
+            .order_by_asc(api_key::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(api_key_record)
+            .collect())
+    }
+
+    /// The live (not revoked) key with this hash.
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::KeyHash.eq(key_hash))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await?
+            .map(api_key_record))
+    }
+
+    /// Revokes by id; false when there is no such live key.
+    pub async fn revoke_api_key(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let result = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Some(now).into())
+            .filter(api_key::Column::Id.eq(id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    // ---- settings ----
+
+    /// The sealed setting `name`, or `generate()`'s value stored now. When two replicas start
+    /// at once, both end up with the one value that was stored first.
+    pub async fn secret_setting_or_insert(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> SecretString,
+        now: DateTime<Utc>,
+    ) -> Result<(SecretString, bool)> {
+        let aad = setting_aad(name);
+        if let Some(row) = setting::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?
+        {
+            return Ok((self.keyring.open(&aad, &row.value)?, false));
+        }
+        let value = generate();
+        let inserted = self
+            .db
+            .execute(
+                Query::insert()
+                    .into_table(setting::Entity)
+                    .columns([
+                        setting::Column::Name,
+                        setting::Column::Value,
+                        setting::Column::UpdatedAt,
+                    ])
+                    .values_panic([
+                        name.into(),
+                        self.keyring.seal(&aad, value.expose_secret()).into(),
+                        now.into(),
+                    ])
+                    .on_conflict(
+                        OnConflict::column(setting::Column::Name)
+                            .do_nothing()
+                            .to_owned(),
+                    ),
+            )
+            .await?
+            .rows_affected()
+            == 1;
+        if inserted {
+            return Ok((value, true));
+        }
+        let row = setting::Entity::find_by_id(name.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("setting {name} vanished")))?;
+        Ok((self.keyring.open(&aad, &row.value)?, false))
+    }
+
+    // ---- key rotation ----
+
+    /// Re-seals every secret not sealed with the current key. Each row is rewritten only if
+    /// it still holds the ciphertext that was read, so concurrent writers are never undone.
+    pub async fn rekey(&self) -> Result<RekeyReport> {
+        let mut report = RekeyReport::default();
+        let clients = client::Entity::find()
+            .filter(client::Column::ClientSecret.is_not_null())
+            .all(&self.db)
+            .await?;
+        for c in clients {
+            let Some(sealed) = c.client_secret else {
+                continue;
+            };
+            if self.keyring.is_current(&sealed) {
+                report.already_current += 1;
+                continue;
+            }
+            let aad = client_secret_aad(c.provet_id, &c.client_id);
+            let resealed = self
+                .keyring
+                .seal(&aad, self.keyring.open(&aad, &sealed)?.expose_secret());
+            let result = client::Entity::update_many()
+                .col_expr(client::Column::ClientSecret, Some(resealed).into())
+                .filter(client::Column::Id.eq(c.id))
+                .filter(client::Column::ClientSecret.eq(sealed))
+                .exec(&self.db)
+                .await?;
+            report.resealed += result.rows_affected;
+        }
+        for s in setting::Entity::find().all(&self.db).await? {
+            if self.keyring.is_current(&s.value) {
+                report.already_current += 1;
+                continue;
+            }
+            let aad = setting_aad(&s.name);
+            let resealed = self
+                .keyring
+                .seal(&aad, self.keyring.open(&aad, &s.value)?.expose_secret());
+            let result = setting::Entity::update_many()
+                .col_expr(setting::Column::Value, resealed.into())
+                .filter(setting::Column::Name.eq(s.name.as_str()))
+                .filter(setting::Column::Value.eq(s.value))
+                .exec(&self.db)
+                .await?;
+            report.resealed += result.rows_affected;
+        }
+        Ok(report)
+    }
+}
+
+async fn replace_departments(
+    tx: &DatabaseTransaction,
+    provet_id: i64,
+    current: &BTreeSet<i64>,
+    next: &BTreeSet<i64>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let gone: Vec<i64> = current.difference(next).copied().collect();
+    if !gone.is_empty() {
+        department::Entity::delete_many()
+            .filter(department::Column::ProvetId.eq(provet_id))
+            .filter(department::Column::DepartmentId.is_in(gone))
+            .exec(tx)
+            .await?;
+    }
+    let new: Vec<department::ActiveModel> = next
+        .difference(current)
+        .map(|d| department::ActiveModel {
+            provet_id: Set(provet_id),
+            department_id: Set(*d),
+            added_at: Set(now),
+        })
+        .collect();
+    if !new.is_empty() {
+        department::Entity::insert_many(new)
+            .exec_without_returning(tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn redirect_uris_json(msg: &HookupMessage) -> String {
+    Value::from(
+        msg.redirect_uris
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
+}
+
+fn client_record(c: &client::Model) -> ClientRecord {
+    ClientRecord {
+        client_id: c.client_id.clone(),
+        client_type: c.client_type.clone(),
+        grant_type: c.grant_type.clone(),
+        algorithm: c.algorithm.clone(),
+        token_url: c.token_url.clone(),
+        authorize_url: c.authorize_url.clone(),
+        openid_autodiscovery_url: c.openid_autodiscovery_url.clone(),
+        redirect_uris: serde_json::from_str(&c.redirect_uris).unwrap_or_default(),
+        has_secret: c.client_secret.is_some(),
+        credentials_state: c.credentials_state.clone(),
+        credentials_checked_at: c.credentials_checked_at,
+        credentials_last_error: c.credentials_last_error.clone(),
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    }
+}
+
+fn api_key_record(k: api_key::Model) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: k.id,
+        name: k.name,
+        role: k.role,
+        tenants: k.tenants.and_then(|t| serde_json::from_str(&t).ok()),
+        key_prefix: k.key_prefix,
+        created_at: k.created_at,
+        revoked_at: k.revoked_at,
+    }
+}

@@ -1,0 +1,198 @@
+//! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `rekey`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use broker_api::views::{ApiKeyView, TenantView};
+use broker_domain::UrlPolicy;
+use broker_domain::{ApiKeyRole, ProvetId};
+use broker_service::hookup::HookupSecrets;
+use broker_service::{Broker, Metrics, SystemClock, TenantFilter};
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::Settings;
+use crate::startup::{Application, open_store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provet-broker",
+    version,
+    about = "OAuth client store and token broker for Provet Cloud integrations"
+)]
+pub struct Cli {
+    /// A TOML configuration file, layered over config/default.toml and under BROKER_* variables.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate, then serve HTTP until SIGTERM/SIGINT (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Inspect tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Re-seal every stored secret with the current master key (run after adding a new
+    /// `secrets.master_key` and moving the old one to `secrets.previous_keys`).
+    Rekey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key; the key alone is printed on the last line of stdout.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["token", "admin"])]
+        role: String,
+        /// Limit the key to a tenant (repeatable); without it the key serves every tenant.
+        #[arg(long = "tenant", value_name = "PROVET_ID")]
+        tenants: Vec<ProvetId>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// List tenants as JSON lines.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Show one tenant as JSON.
+    Show { provet_id: ProvetId },
+}
+
+impl Cli {
+    pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        match self.command.unwrap_or(Command::Serve) {
+            Command::Serve => {
+                Application::build(settings)
+                    .await?
+                    .run_until_stopped()
+                    .await
+            }
+            Command::Migrate => {
+                let store = open_store(&settings).await?;
+                store.migrate().await.context("migrating")?;
+                eprintln!("migrations applied");
+                Ok(())
+            }
+            Command::Rekey => {
+                let store = open_store(&settings).await?;
+                store.migrate().await?;
+                let report = store.rekey().await.context("re-sealing secrets")?;
+                println!(
+                    "re-sealed {} secret(s) with key {}; {} already used it. The old key can now be removed from secrets.previous_keys.",
+                    report.resealed,
+                    store.keyring().current_id(),
+                    report.already_current
+                );
+                Ok(())
+            }
+            Command::ApiKey(cmd) => {
+                let broker = offline_broker(&settings).await?;
+                match cmd {
+                    ApiKeyCommand::Create {
+                        name,
+                        role,
+                        tenants,
+                    } => {
+                        let role: ApiKeyRole = role.parse().map_err(anyhow::Error::msg)?;
+                        let tenants = (!tenants.is_empty())
+                            .then(|| tenants.into_iter().map(ProvetId::get).collect());
+                        let created = broker
+                            .create_api_key(&name, role, tenants)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        eprintln!(
+                            "created API key {} ({}, role {}); it is shown once, below:",
+                            created.record.id, created.record.name, created.record.role
+                        );
+                        println!("{}", created.key.expose_secret());
+                    }
+                    ApiKeyCommand::List => {
+                        for key in broker.api_keys().await? {
+                            println!("{}", serde_json::to_string(&ApiKeyView::from(key))?);
+                        }
+                    }
+                    ApiKeyCommand::Revoke { id } => {
+                        if !broker.revoke_api_key(id).await? {
+                            bail!("no live API key with id {id}");
+                        }
+                        eprintln!("revoked API key {id}");
+                    }
+                }
+                Ok(())
+            }
+            Command::Tenants(cmd) => {
+                let broker = offline_broker(&settings).await?;
+                match cmd {
+                    TenantsCommand::List { status, limit } => {
+                        let mut after = None;
+                        let mut left = limit;
+                        while left > 0 {
+                            let page = broker
+                                .tenants(&TenantFilter {
+                                    status: status.clone(),
+                                    after,
+                                    limit: left.min(500),
+                                    ..Default::default()
+                                })
+                                .await?;
+                            let Some(last) = page.last().map(|t| t.provet_id) else {
+                                break;
+                            };
+                            left = left.saturating_sub(page.len() as u64);
+                            for t in page {
+                                println!("{}", serde_json::to_string(&TenantView::from(t))?);
+                            }
+                            after = Some(last);
+                        }
+                    }
+                    TenantsCommand::Show { provet_id } => {
+                        let tenant = broker
+                            .tenant(provet_id.get())
+                            .await?
+                            .with_context(|| format!("tenant {provet_id} is not registered"))?;
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&TenantView::from(tenant))?
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The use cases without the HTTP server, for commands run beside (or instead of) the daemon.
+async fn offline_broker(settings: &Settings) -> anyhow::Result<Broker> {
+    let store = open_store(settings).await?;
+    store.migrate().await?;
+    Ok(Broker {
+        store,
+        policy: Arc::new(UrlPolicy {
+            allowlist: Default::default(),
+            allow_http: false,
+        }),
+        hookup_secrets: Arc::new(HookupSecrets::new(HookupSecrets::generate(), &[])),
+        metrics: Arc::new(Metrics::new()),
+        clock: Arc::new(SystemClock),
+    })
+}

@@ -1,0 +1,240 @@
+//! Configuration: built-in defaults, then `config/default.toml`, then `--config FILE`, then
+//! `BROKER_<SECTION>__<KEY>` environment variables. Unknown keys are errors that name the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub secrets: SecretsSettings,
+    pub hookup: HookupSettings,
+    pub discovery: DiscoverySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free one (logged at start).
+    pub bind: String,
+    /// How Provet and browsers reach this daemon; the hookup URL and the OAuth callback
+    /// are built from it.
+    pub public_url: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// SQLite only: how long a writer waits for another.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/broker.db?mode=rwc".into(),
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// Base64 of 32 bytes. Empty: read `master_key_file`, else generate into `generated_key_file`.
+    pub master_key: SecretString,
+    /// A file holding the base64 master key (for secret mounts).
+    pub master_key_file: String,
+    /// Keys that sealed existing rows and must still open them until `rekey` has run.
+    pub previous_keys: Vec<SecretString>,
+    /// Where a generated key is kept when none is configured.
+    pub generated_key_file: PathBuf,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            master_key: SecretString::from(String::new()),
+            master_key_file: String::new(),
+            previous_keys: Vec::new(),
+            generated_key_file: PathBuf::from("data/master.key"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HookupSettings {
+    /// The hookup URL's secret path segment. Empty: generated on first run, kept in the database.
+    pub secret: SecretString,
+    /// Further secrets still accepted (while Provet moves to a new one).
+    pub extra_secrets: Vec<SecretString>,
+    /// Hosts a hookup's URLs may name: `host` exactly or `*.domain` for any subdomain.
+    pub allowed_hosts: Vec<String>,
+    /// Accept http:// URLs (only for a provider on loopback in development and tests).
+    pub allow_http: bool,
+}
+
+impl Default for HookupSettings {
+    fn default() -> Self {
+        Self {
+            secret: SecretString::from(String::new()),
+            extra_secrets: Vec::new(),
+            allowed_hosts: vec!["provetcloud.com".into(), "*.provetcloud.com".into()],
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoverySettings {
+    /// How old OpenID Connect metadata may grow before it is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `provet_broker=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the layers. `config/default.toml` is read when it exists in the working folder.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, String> {
+        let env = Env::prefixed("BROKER_").split("__");
+        let mut figment = Figment::new();
+        let default_file = Path::new("config/default.toml");
+        if default_file.exists() {
+            figment = figment.merge(Toml::file_exact(default_file));
+        }
+        if let Some(path) = config_file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(env)
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    // figment's Env reads the process environment; tests feed variables through a jail.
+    #[test]
+    fn layers_and_env_override() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "extra.toml",
+                "[server]\nbind = \"0.0.0.0:9\"\n[hookup]\nallow_http = true\n",
+            )?;
+            jail.set_env("BROKER_DATABASE__URL", "postgres://x/y");
+            jail.set_env("BROKER_HOOKUP__ALLOWED_HOSTS", "[\"127.0.0.1\"]");
+            jail.set_env("BROKER_DISCOVERY__REFRESH_INTERVAL", "90s");
+            let s = Settings::load(Some(Path::new("extra.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.server.bind, "0.0.0.0:9");
+            assert!(s.hookup.allow_http);
+            assert_eq!(s.database.url, "postgres://x/y");
+            assert_eq!(s.hookup.allowed_hosts, ["127.0.0.1"]);
+            assert_eq!(s.discovery.refresh_interval, Duration::from_secs(90));
+            assert_eq!(s.secrets.master_key.expose_secret(), "");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[server]\nbnd = \"x\"\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml")))
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains("bnd"), "{err}");
+            jail.set_env("BROKER_HOOKUP__ALLOWED_HOST", "x");
+            let err = Settings::load(None).err().unwrap_or_default();
+            assert!(err.contains("allowed_host"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        figment::Jail::expect_with(|_| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.database.url, "sqlite://data/broker.db?mode=rwc");
+            assert_eq!(
+                s.hookup.allowed_hosts,
+                ["provetcloud.com", "*.provetcloud.com"]
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,27 @@
+//! `provet-broker`: see `provet-broker --help`.
+
+use clap::Parser;
+use provet_broker::cli::Cli;
+use provet_broker::config::Settings;
+use provet_broker::telemetry;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("provet-broker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    match cli.run(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "provet-broker failed");
+            eprintln!("provet-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Wiring: keys, database, the hookup secret, and the HTTP server.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::{Context, bail};
+use broker_api::AppState;
+use broker_domain::{HostAllowlist, UrlPolicy};
+use broker_service::hookup::HookupSecrets;
+use broker_service::{Broker, Metrics, SystemClock};
+use broker_store::{Keyring, MasterKey, Store, StoreOptions};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::Settings;
+
+/// The keys that seal secrets at rest: configured, read from a file, or generated on first run.
+pub fn keyring(settings: &Settings) -> anyhow::Result<Keyring> {
+    let s = &settings.secrets;
+    let current = if !s.master_key.expose_secret().trim().is_empty() {
+        MasterKey::from_base64(&s.master_key).context("secrets.master_key")?
+    } else if !s.master_key_file.is_empty() {
+        let text = fs::read_to_string(&s.master_key_file).with_context(|| {
+            format!("cannot read secrets.master_key_file {}", s.master_key_file)
+        })?;
+        MasterKey::from_base64(&SecretString::from(text)).context("secrets.master_key_file")?
+    } else {
+        generated_key(&s.generated_key_file)?
+    };
+    let previous = s
+        .previous_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            MasterKey::from_base64(k).with_context(|| format!("secrets.previous_keys[{i}]"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Keyring::new(current, previous))
+}
+
+fn generated_key(path: &Path) -> anyhow::Result<MasterKey> {
+    if path.exists() {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read the generated master key {}", path.display()))?;
+        return MasterKey::from_base64(&SecretString::from(text))
+            .with_context(|| format!("the master key in {}", path.display()));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let key = MasterKey::generate_base64();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
+    file.write_all(key.expose_secret().as_bytes())?;
+    file.sync_all()?;
+    tracing::warn!(
+        path = %path.display(),
+        "NO MASTER KEY CONFIGURED: generated one into this file. Every stored secret depends on it: \
+         back it up, and in production set secrets.master_key (or secrets.master_key_file) instead"
+    );
+    MasterKey::from_base64(&key).context("generated master key")
+}
+
+pub fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
+        url: settings.database.url.clone(),
+        max_connections: settings.database.max_connections,
+        connect_timeout: settings.database.connect_timeout,
+        busy_timeout: settings.database.busy_timeout,
+    }
+}
+
+/// Opens the database (without migrating).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let keyring = Arc::new(keyring(settings)?);
+    Store::connect(&store_options(settings), keyring)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database ({})",
+                redact_url(&settings.database.url)
+            )
+        })
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The running daemon: HTTP server bound, workers ready.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    broker: Broker,
+}
+
+impl Application {
+    /// Migrates, resolves keys and the hookup secret, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let public_url = url::Url::parse(&settings.server.public_url)
+            .context("server.public_url must be an absolute URL")?;
+        let allowlist = HostAllowlist::new(&settings.hookup.allowed_hosts)
+            .map_err(|e| anyhow::anyhow!("hookup.allowed_hosts: {e}"))?;
+        let store = open_store(&settings).await?;
+        store.migrate().await.context("migrating the database")?;
+        tracing::info!(
+            backend = store.backend_name(),
+            key_id = store.keyring().current_id(),
+            "database ready"
+        );
+
+        let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
+            let (secret, generated) = store
+                .secret_setting_or_insert(
+                    "hookup_secret",
+                    HookupSecrets::generate,
+                    chrono::Utc::now(),
+                )
+                .await
+                .context("reading the hookup secret")?;
+            if generated {
+                tracing::info!("generated a hookup secret and stored it in the database");
+            }
+            secret
+        } else {
+            if settings.hookup.secret.expose_secret().len() < 16 {
+                bail!(
+                    "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
+                );
+            }
+            settings.hookup.secret.clone()
+        };
+        let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
+
+        let broker = Broker {
+            store,
+            policy: Arc::new(UrlPolicy {
+                allowlist,
+                allow_http: settings.hookup.allow_http,
+            }),
+            hookup_secrets: Arc::new(hookup_secrets),
+            metrics: Arc::new(Metrics::new()),
+            clock: Arc::new(SystemClock),
+        };
+
+        let listener = TcpListener::bind(&settings.server.bind)
+            .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
+        let address = listener.local_addr()?;
+        let state = web::Data::new(AppState {
+            broker: broker.clone(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(broker_api::json_config())
+                .app_data(broker_api::query_config())
+                .wrap(from_fn(broker_api::observe))
+                .configure(broker_api::configure)
+                .default_service(web::to(broker_api::not_found))
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        tracing::info!(%address, "listening");
+        let base = public_url.as_str().trim_end_matches('/');
+        tracing::info!(
+            hookup_url = %format!("{base}/hookup/{}", broker.hookup_secrets.current().expose_secret()),
+            "give Provet this hookup URL"
+        );
+        Ok(Self {
+            port: address.port(),
+            server: server.run(),
+            broker,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        tracing::info!("stopped; closing the database");
+        self.broker.store.close().await;
+        Ok(())
+    }
+}

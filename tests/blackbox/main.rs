@@ -1,1 +1,10 @@
+//! Black-box tests: the built `provet-broker` binary, started on port 0 against a fresh
+//! SQLite file or PostgreSQL database, driven over HTTP and its command line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod helpers;
+
+mod admin;
+mod hookup;
+mod lifecycle;
+mod secrets;

@@ -10,7 +10,10 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When stderr is gone (a closed pipe, a full disk), reporting that on stderr would
+        // panic the daemon: drop the line instead and keep serving.
+        .log_internal_errors(false);
     // A second init (tests) keeps the first subscriber.
     let _ = match settings.format {
         LogFormat::Json => builder

@@ -442,9 +442,14 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for the exit.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`), then waits for the exit.
+    pub fn stop_with(mut self, signal: &str) -> (ExitStatus, String) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status();
         let status = wait(&mut self.child, Duration::from_secs(20));

@@ -249,7 +249,47 @@ async fn the_database_going_away_shows_in_readyz(backend: Backend) {
     assert!(problem["detail"].is_string());
 }
 
+async fn extra_hookup_secrets_are_accepted_and_sigint_stops_cleanly(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = DaemonConfig::new();
+    config.extra_env.push((
+        "BROKER_HOOKUP__EXTRA_SECRETS".into(),
+        r#"["previous-hookup-secret-1"]"#.into(),
+    ));
+    let daemon = Daemon::start(&db, config).await;
+    let old_url = daemon.url("/hookup/previous-hookup-secret-1");
+    let body = client_credentials(110, "rot", "rot-secret")
+        .to_string()
+        .into_bytes();
+    let (status, answer) = daemon.post_raw(&old_url, body, "application/json").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        daemon
+            .hookup(&client_credentials(110, "rot", "rot-secret"))
+            .await
+            .1["status"],
+        "unchanged"
+    );
+    let (status, logs) = daemon.stop_with("INT");
+    assert!(
+        status.success(),
+        "SIGINT must end the daemon with 0, got {status}"
+    );
+    // Log lines about a tenant carry its provet_id in their span.
+    let stored: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "hookup stored")
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored.iter().all(|v| v["span"]["provet_id"] == 110),
+        "{stored:?}"
+    );
+}
+
 backend_tests!(
+    extra_hookup_secrets_are_accepted_and_sigint_stops_cleanly,
     a_restart_keeps_everything,
     rekey_reseals_while_the_daemon_serves,
     the_cli_manages_keys_and_shows_tenants,

@@ -8,6 +8,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::{Broker, HookupOutcome, StoreError};
 
@@ -77,8 +78,15 @@ impl Broker {
                 return Err(err.into());
             }
         };
-        let span = tracing::info_span!("hookup", provet_id = msg.provet_id.get(), client_id = %msg.client_id);
-        let _guard = span.enter();
+        let span = tracing::info_span!(
+            "hookup",
+            provet_id = msg.provet_id.get(),
+            client_id = %msg.client_id
+        );
+        self.store_hookup(msg).instrument(span).await
+    }
+
+    async fn store_hookup(&self, msg: HookupMessage) -> Result<HookupReceipt, HookupError> {
         match self.store.apply_hookup(&msg, self.now()).await {
             Ok(outcome) => {
                 self.metrics.hookup(outcome.as_str());
@@ -95,7 +103,10 @@ impl Broker {
             }
             Err(err) => {
                 self.metrics.hookup("failed");
-                tracing::error!(error = %err, "hookup could not be stored; Provet will see a 503 and may retry");
+                tracing::error!(
+                    error = %err,
+                    "hookup could not be stored; Provet will see a 503 and may retry"
+                );
                 Err(err.into())
             }
         }

@@ -237,4 +237,21 @@ mod tests {
             Ok(())
         });
     }
+
+    /// The shipped files must parse, and default.toml must say what the built-in defaults say.
+    #[test]
+    fn shipped_config_files_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let from_file: Settings = Figment::new()
+            .merge(Toml::file_exact(root.join("default.toml")))
+            .extract()
+            .unwrap();
+        let builtin = Settings::default();
+        assert_eq!(format!("{from_file:?}"), format!("{builtin:?}"));
+        let production: Settings = Figment::new()
+            .merge(Toml::file_exact(root.join("production.example.toml")))
+            .extract()
+            .unwrap();
+        assert!(production.database.url.starts_with("postgres://"));
+    }
 }

@@ -263,6 +263,9 @@ impl DaemonConfig {
                 serde_json::to_string(&self.previous_keys).expect("json"),
             ),
             ("BROKER_LOG__FORMAT".into(), "json".into()),
+            // Messages name provetcloud.com hosts, which tests must never call: discovery
+            // tests turn the worker on against a provider on 127.0.0.1.
+            ("BROKER_DISCOVERY__ENABLED".into(), "false".into()),
             (
                 "BROKER_LOG__LEVEL".into(),
                 "info,broker_api=debug,broker_service=debug,broker_store=debug,provet_broker=debug"

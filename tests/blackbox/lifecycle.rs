@@ -202,6 +202,8 @@ async fn operations_endpoints_answer(backend: Backend) {
         "GET /admin/tenants/{provet_id}",
         "DELETE /admin/tenants/{provet_id}",
         "GET /admin/tenants/{provet_id}/events",
+        "POST /admin/tenants/{provet_id}/discovery",
+        "POST /admin/discovery/rerun",
         "POST /admin/api-keys",
         "GET /admin/api-keys",
         "DELETE /admin/api-keys/{id}",

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod discovery_faults;
 mod hookup;
 mod lifecycle;
 mod secrets;

@@ -55,6 +55,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/tenants/{provet_id}/events",
         web::get().to(admin::tenant_events),
     )
+    .route(
+        "/admin/tenants/{provet_id}/discovery",
+        web::post().to(admin::rerun_tenant_discovery),
+    )
+    .route(
+        "/admin/discovery/rerun",
+        web::post().to(admin::rerun_discovery),
+    )
     .route("/admin/api-keys", web::post().to(admin::create_api_key))
     .route("/admin/api-keys", web::get().to(admin::list_api_keys))
     .route(

@@ -18,6 +18,8 @@ use crate::routes::{admin, hookup, ops, service};
         admin::get_tenant,
         admin::tenant_events,
         admin::remove_tenant,
+        admin::rerun_tenant_discovery,
+        admin::rerun_discovery,
         admin::create_api_key,
         admin::list_api_keys,
         admin::revoke_api_key,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, TenantRecord};
+use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, TenantRecord};
 
 /// A tenant as operators see it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,9 +50,74 @@ pub struct DiscoveryView {
     pub state: String,
     pub issuer: Option<String>,
     pub fetched_at: Option<DateTime<Utc>>,
+    /// When the worker will fetch again (a refresh, or a retry after a failure).
     pub next_refresh_at: Option<DateTime<Utc>>,
+    /// Failures since the last success.
     pub attempts: u32,
     pub last_error: Option<String>,
+    pub discovery_url: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub jwks_fetched_at: Option<DateTime<Utc>>,
+    pub token_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    /// Things that did not fail discovery but an operator should know (endpoints that differ
+    /// from the hookup's, a relaxed issuer check).
+    pub warnings: Vec<String>,
+}
+
+impl DiscoveryView {
+    pub fn not_applicable() -> Self {
+        Self::from_record(None)
+    }
+
+    pub fn from_record(record: Option<DiscoveryRecord>) -> Self {
+        match record {
+            None => Self {
+                state: "not_applicable".into(),
+                issuer: None,
+                fetched_at: None,
+                next_refresh_at: None,
+                attempts: 0,
+                last_error: None,
+                discovery_url: None,
+                last_attempt_at: None,
+                jwks_fetched_at: None,
+                token_endpoint: None,
+                authorization_endpoint: None,
+                jwks_uri: None,
+                warnings: Vec::new(),
+            },
+            Some(d) => Self {
+                state: d.state,
+                issuer: d.issuer,
+                fetched_at: d.fetched_at,
+                next_refresh_at: Some(d.next_due_at),
+                attempts: u32::try_from(d.attempts).unwrap_or(0),
+                last_error: d.last_error,
+                discovery_url: Some(d.discovery_url),
+                last_attempt_at: d.last_attempt_at,
+                jwks_fetched_at: d.jwks_fetched_at,
+                token_endpoint: d.token_endpoint,
+                authorization_endpoint: d.authorization_endpoint,
+                jwks_uri: d.jwks_uri,
+                warnings: d.warnings,
+            },
+        }
+    }
+}
+
+/// `POST /admin/discovery/rerun`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// `failed`, `stale` (older than discovery.refresh_interval) or `all`.
+    pub filter: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RerunScheduled {
+    pub scheduled: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,21 +140,7 @@ impl From<TenantRecord> for TenantView {
                 .as_ref()
                 .and_then(|c| c.credentials_last_error.clone()),
         };
-        let discovery = DiscoveryView {
-            state: match t
-                .client
-                .as_ref()
-                .and_then(|c| c.openid_autodiscovery_url.as_ref())
-            {
-                Some(_) => "pending".into(),
-                None => "not_applicable".into(),
-            },
-            issuer: None,
-            fetched_at: None,
-            next_refresh_at: None,
-            attempts: 0,
-            last_error: None,
-        };
+        let discovery = DiscoveryView::from_record(t.discovery);
         Self {
             provet_id: t.provet_id,
             status: t.status,

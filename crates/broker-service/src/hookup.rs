@@ -90,6 +90,9 @@ impl Broker {
         match self.store.apply_hookup(&msg, self.now()).await {
             Ok(outcome) => {
                 self.metrics.hookup(outcome.as_str());
+                if outcome != HookupOutcome::Unchanged && msg.openid_autodiscovery_url.is_some() {
+                    self.discovery.wake.notify_one();
+                }
                 tracing::info!(
                     outcome = outcome.as_str(),
                     grant_type = msg.grant_type.as_str(),

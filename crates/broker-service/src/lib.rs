@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod clock;
+pub mod discovery;
 pub mod hookup;
 pub mod metrics;
 
@@ -12,8 +13,8 @@ use broker_domain::UrlPolicy;
 use broker_store::Store;
 
 pub use broker_store::{
-    ApiKeyRecord, ClientRecord, DeliveryRecord, HookupOutcome, Readiness, StoreError, TenantFilter,
-    TenantRecord,
+    ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, HookupOutcome, Readiness,
+    RerunFilter, StoreError, TenantFilter, TenantRecord,
 };
 pub use clock::{Clock, SystemClock};
 pub use metrics::Metrics;
@@ -26,6 +27,7 @@ pub struct Broker {
     pub hookup_secrets: Arc<hookup::HookupSecrets>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    pub discovery: Arc<discovery::Discovery>,
 }
 
 impl Broker {

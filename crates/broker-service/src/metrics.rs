@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -26,8 +27,16 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub discovery_runs: Family<OutcomeLabels, Counter>,
+    pub discovery_duration: Histogram,
+    pub discovery_tenants: Family<StateLabels, Gauge>,
     pub hookups: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
@@ -63,8 +72,30 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             http_duration.clone(),
         );
+        let discovery_runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "discovery_runs",
+            "OpenID Connect discovery runs by outcome (ok, failed, superseded)",
+            discovery_runs.clone(),
+        );
+        let discovery_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "discovery_duration",
+            "Time of one discovery run (document and JWKS)",
+            prometheus_client::registry::Unit::Seconds,
+            discovery_duration.clone(),
+        );
+        let discovery_tenants = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "discovery_tenants",
+            "Tenants with a discovery URL, by discovery state",
+            discovery_tenants.clone(),
+        );
         Self {
             registry,
+            discovery_runs,
+            discovery_duration,
+            discovery_tenants,
             hookups,
             http_requests,
             http_duration,
@@ -77,6 +108,23 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    pub fn discovery_run(&self, outcome: &str, took: std::time::Duration) {
+        self.discovery_runs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.discovery_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn discovery_tenants(&self, state: &str, n: i64) {
+        self.discovery_tenants
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(n);
     }
 
     /// The Prometheus text exposition.

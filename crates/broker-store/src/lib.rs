@@ -2,6 +2,7 @@
 //! secret sealed by the `Keyring` before it reaches a row.
 
 pub mod crypto;
+mod discovery_repo;
 mod entity;
 mod records;
 mod repo;

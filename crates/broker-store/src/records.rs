@@ -31,6 +31,8 @@ pub struct TenantRecord {
     pub removed_at: Option<DateTime<Utc>>,
     pub departments: Vec<i64>,
     pub client: Option<ClientRecord>,
+    /// Present while the tenant has a discovery URL.
+    pub discovery: Option<DiscoveryRecord>,
 }
 
 /// A tenant's OAuth client, without its secret.
@@ -94,4 +96,62 @@ pub struct TenantFilter {
 pub struct RekeyReport {
     pub resealed: u64,
     pub already_current: u64,
+}
+
+/// A tenant's discovery state, as the admin view shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiscoveryRecord {
+    pub provet_id: i64,
+    pub discovery_url: String,
+    pub state: String,
+    pub issuer: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub auth_methods: Vec<String>,
+    pub jwks: Option<Value>,
+    pub jwks_fetched_at: Option<DateTime<Utc>>,
+    pub warnings: Vec<String>,
+    pub fetched_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub next_due_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// One claimed piece of discovery work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryJob {
+    pub provet_id: i64,
+    pub discovery_url: String,
+    /// The hookup's endpoints, to compare with the discovered ones.
+    pub token_url: Option<String>,
+    pub authorize_url: Option<String>,
+}
+
+/// What a discovery run found, to store.
+#[derive(Clone, Debug)]
+pub struct DiscoverySuccess {
+    pub issuer: String,
+    pub document: Value,
+    pub token_endpoint: Option<String>,
+    pub authorization_endpoint: String,
+    pub jwks_uri: String,
+    pub userinfo_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub auth_methods: Vec<String>,
+    pub jwks: Value,
+    pub jwks_expires_at: Option<DateTime<Utc>>,
+    pub warnings: Vec<String>,
+}
+
+/// Which tenants `schedule_discovery` makes due now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RerunFilter {
+    Failed,
+    /// `ok` tenants whose metadata is older than the given time.
+    Stale(DateTime<Utc>),
+    All,
 }

@@ -28,13 +28,13 @@ fn setting_aad(name: &str) -> String {
 }
 
 /// A write transaction, holding the SQLite writer lock for its lifetime.
-struct WriteTx<'a> {
-    tx: DatabaseTransaction,
+pub(crate) struct WriteTx<'a> {
+    pub(crate) tx: DatabaseTransaction,
     _writer: Option<MutexGuard<'a, ()>>,
 }
 
 impl Store {
-    async fn begin_write(&self) -> Result<WriteTx<'_>> {
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx<'_>> {
         let writer = match &self.sqlite_writer {
             Some(lock) => Some(lock.lock().await),
             None => None,
@@ -52,7 +52,7 @@ impl Store {
         })
     }
 
-    fn is_postgres(&self) -> bool {
+    pub(crate) fn is_postgres(&self) -> bool {
         self.db.get_database_backend() == DbBackend::Postgres
     }
 
@@ -128,6 +128,15 @@ impl Store {
 
         if client_changed {
             self.store_client(tx, current, msg, now).await?;
+        }
+        if outcome != HookupOutcome::Unchanged {
+            self.sync_discovery(
+                tx,
+                provet_id,
+                msg.openid_autodiscovery_url.as_ref().map(|u| u.as_str()),
+                now,
+            )
+            .await?;
         }
         if departments_changed {
             replace_departments(tx, provet_id, &current_departments, &next_departments, now)
@@ -317,13 +326,20 @@ impl Store {
             .all(&self.db)
             .await?;
         let departments = department::Entity::find()
-            .filter(department::Column::ProvetId.is_in(ids))
+            .filter(department::Column::ProvetId.is_in(ids.clone()))
             .order_by_asc(department::Column::DepartmentId)
             .all(&self.db)
+            .await?;
+        let discoveries = self
+            .discoveries(tenants.iter().map(|t| t.provet_id).collect())
             .await?;
         Ok(tenants
             .into_iter()
             .map(|t| TenantRecord {
+                discovery: discoveries
+                    .iter()
+                    .find(|d| d.provet_id == t.provet_id)
+                    .cloned(),
                 provet_id: t.provet_id,
                 departments: departments
                     .iter()
@@ -385,6 +401,7 @@ impl Store {
             .filter(client::Column::ProvetId.eq(provet_id))
             .exec(&w.tx)
             .await?;
+        self.sync_discovery(&w.tx, provet_id, None, now).await?;
         if t.status != "removed" {
             let mut t = t.into_active_model();
             t.status = Set("removed".into());

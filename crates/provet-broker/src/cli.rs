@@ -1,14 +1,12 @@
 //! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `rekey`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use broker_api::views::{ApiKeyView, TenantView};
-use broker_domain::UrlPolicy;
+use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
 use broker_domain::{ApiKeyRole, ProvetId};
 use broker_service::hookup::HookupSecrets;
-use broker_service::{Broker, Metrics, SystemClock, TenantFilter};
+use broker_service::{Broker, RerunFilter, TenantFilter};
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
@@ -41,6 +39,9 @@ pub enum Command {
     /// Inspect tenants.
     #[command(subcommand)]
     Tenants(TenantsCommand),
+    /// OpenID Connect discovery.
+    #[command(subcommand)]
+    Discovery(DiscoveryCommand),
     /// Re-seal every stored secret with the current master key (run after adding a new
     /// `secrets.master_key` and moving the old one to `secrets.previous_keys`).
     Rekey,
@@ -62,6 +63,22 @@ pub enum ApiKeyCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiscoveryCommand {
+    /// Run discovery now: for one tenant, or for every failed / stale / all tenants (with
+    /// progress on stderr). Beside running daemons this shares the work with them safely.
+    Rerun {
+        #[arg(long, conflicts_with_all = ["failed", "all"])]
+        provet_id: Option<ProvetId>,
+        /// Tenants whose last discovery failed.
+        #[arg(long, conflicts_with = "all")]
+        failed: bool,
+        /// Every tenant with a discovery URL.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +156,47 @@ impl Cli {
                 }
                 Ok(())
             }
+            Command::Discovery(DiscoveryCommand::Rerun {
+                provet_id,
+                failed,
+                all,
+            }) => {
+                let broker = offline_broker(&settings).await?;
+                if let Some(id) = provet_id {
+                    let record = broker
+                        .discover_now(id.get())
+                        .await?
+                        .with_context(|| format!("tenant {id} has no discovery URL"))?;
+                    let failed = record.state == "failed";
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&DiscoveryView::from_record(Some(record)))?
+                    );
+                    if failed {
+                        bail!("discovery for tenant {id} failed");
+                    }
+                    return Ok(());
+                }
+                let filter = if all {
+                    RerunFilter::All
+                } else if failed {
+                    RerunFilter::Failed
+                } else {
+                    broker.stale_filter()
+                };
+                let scheduled = broker.schedule_discovery(filter).await?;
+                eprintln!("discovery: {scheduled} tenant(s) scheduled");
+                let done = broker
+                    .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
+                    .await?;
+                let counts = broker.store.discovery_state_counts().await?;
+                let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
+                println!(
+                    "discovery: ran {done} here; tenants now {}",
+                    summary.join(" ")
+                );
+                Ok(())
+            }
             Command::Tenants(cmd) => {
                 let broker = offline_broker(&settings).await?;
                 match cmd {
@@ -185,14 +243,10 @@ impl Cli {
 async fn offline_broker(settings: &Settings) -> anyhow::Result<Broker> {
     let store = open_store(settings).await?;
     store.migrate().await?;
-    Ok(Broker {
+    // Commands never answer hookups: a throwaway secret keeps the URL closed.
+    crate::startup::broker(
+        settings,
         store,
-        policy: Arc::new(UrlPolicy {
-            allowlist: Default::default(),
-            allow_http: false,
-        }),
-        hookup_secrets: Arc::new(HookupSecrets::new(HookupSecrets::generate(), &[])),
-        metrics: Arc::new(Metrics::new()),
-        clock: Arc::new(SystemClock),
-    })
+        HookupSecrets::new(HookupSecrets::generate(), &[]),
+    )
 }

@@ -121,15 +121,60 @@ impl Default for HookupSettings {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoverySettings {
-    /// How old OpenID Connect metadata may grow before it is fetched again.
+    /// Run the background worker. Off: discovery only runs when an operator asks.
+    pub enabled: bool,
+    /// How old a tenant's OpenID Connect metadata may grow before it is fetched again
+    /// (with ±10% jitter).
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Tenants discovered at once, per replica.
+    pub concurrency: usize,
+    /// Bound on each request (document, JWKS).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay after a failure; doubles per failure (±20% jitter) up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// The document's issuer must equal the discovery URL's prefix (OpenID Connect
+    /// Discovery 1.0, 4.3). Off: a mismatch is only a warning.
+    pub strict_issuer: bool,
+    /// How often the worker looks for due tenants when nothing woke it.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// The least time between two JWKS refetches for an unknown key id, per tenant.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_interval: Duration,
 }
 
 impl Default for DiscoverySettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             refresh_interval: Duration::from_secs(24 * 3600),
+            concurrency: 16,
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            strict_issuer: true,
+            poll_interval: Duration::from_secs(1),
+            jwks_min_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DiscoverySettings {
+    pub fn to_service(&self) -> broker_service::discovery::DiscoverySettings {
+        broker_service::discovery::DiscoverySettings {
+            refresh_interval: self.refresh_interval,
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            strict_issuer: self.strict_issuer,
+            poll_interval: self.poll_interval,
+            jwks_min_interval: self.jwks_min_interval,
         }
     }
 }

@@ -5,7 +5,7 @@ use provet_broker::cli::Cli;
 use provet_broker::config::Settings;
 use provet_broker::telemetry;
 
-#[actix_web::main]
+#[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {

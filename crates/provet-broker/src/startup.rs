@@ -11,10 +11,14 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
 use broker_api::AppState;
 use broker_domain::{HostAllowlist, UrlPolicy};
+use broker_oauth::{Upstream, UpstreamConfig};
+use broker_service::discovery::Discovery;
 use broker_service::hookup::HookupSecrets;
 use broker_service::{Broker, Metrics, SystemClock};
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 
@@ -107,11 +111,47 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The use cases over an open store: what the daemon and the CLI commands share.
+pub fn broker(
+    settings: &Settings,
+    store: Store,
+    hookup_secrets: HookupSecrets,
+) -> anyhow::Result<Broker> {
+    let allowlist = HostAllowlist::new(&settings.hookup.allowed_hosts)
+        .map_err(|e| anyhow::anyhow!("hookup.allowed_hosts: {e}"))?;
+    let policy = Arc::new(UrlPolicy {
+        allowlist,
+        allow_http: settings.hookup.allow_http,
+    });
+    let discovery_upstream = Upstream::new(
+        policy.clone(),
+        UpstreamConfig {
+            connect_timeout: settings.discovery.timeout,
+            timeout: settings.discovery.timeout,
+            max_body: 1024 * 1024,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Broker {
+        store,
+        policy,
+        hookup_secrets: Arc::new(hookup_secrets),
+        metrics: Arc::new(Metrics::new()),
+        clock: Arc::new(SystemClock),
+        discovery: Arc::new(Discovery::new(
+            settings.discovery.to_service(),
+            discovery_upstream,
+        )),
+    })
+}
+
 /// The running daemon: HTTP server bound, workers ready.
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     broker: Broker,
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Application {
@@ -119,8 +159,6 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let public_url = url::Url::parse(&settings.server.public_url)
             .context("server.public_url must be an absolute URL")?;
-        let allowlist = HostAllowlist::new(&settings.hookup.allowed_hosts)
-            .map_err(|e| anyhow::anyhow!("hookup.allowed_hosts: {e}"))?;
         let store = open_store(&settings).await?;
         store.migrate().await.context("migrating the database")?;
         tracing::info!(
@@ -152,16 +190,7 @@ impl Application {
         };
         let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
 
-        let broker = Broker {
-            store,
-            policy: Arc::new(UrlPolicy {
-                allowlist,
-                allow_http: settings.hookup.allow_http,
-            }),
-            hookup_secrets: Arc::new(hookup_secrets),
-            metrics: Arc::new(Metrics::new()),
-            clock: Arc::new(SystemClock),
-        };
+        let broker = broker(&settings, store, hookup_secrets)?;
 
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
@@ -189,10 +218,19 @@ impl Application {
             hookup_url = %format!("{base}/hookup/{}", broker.hookup_secrets.current().expose_secret()),
             "give Provet this hookup URL"
         );
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if settings.discovery.enabled {
+            tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
+        } else {
+            tracing::info!("discovery worker disabled (discovery.enabled = false)");
+        }
         Ok(Self {
             port: address.port(),
             server: server.run(),
             broker,
+            stop,
+            tasks,
         })
     }
 
@@ -200,9 +238,15 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+    /// Serves until SIGTERM or SIGINT, then lets in-flight requests and background runs
+    /// finish.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await?;
+        let served = self.server.await;
+        tracing::info!("HTTP server stopped; stopping background tasks");
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        served?;
         tracing::info!("stopped; closing the database");
         self.broker.store.close().await;
         Ok(())

@@ -2,8 +2,8 @@
 
 use actix_web::{HttpResponse, web};
 use broker_domain::{ApiKeyRole, ProvetId};
-use broker_service::TenantFilter;
 use broker_service::api_keys::ApiKeyError;
+use broker_service::{RerunFilter, TenantFilter};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -12,8 +12,8 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::views::{
-    ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, EventPage, EventView, TenantPage,
-    TenantView,
+    ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, DiscoveryView, EventPage, EventView,
+    RerunRequest, RerunScheduled, TenantPage, TenantView,
 };
 
 const DEFAULT_PAGE: u64 = 50;
@@ -275,4 +275,62 @@ pub async fn revoke_api_key(
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// Runs OpenID Connect discovery for the tenant now and answers its discovery state
+/// (`200` also when the run failed: the state says so).
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{provet_id}/discovery",
+    tag = "admin",
+    params(("provet_id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = DiscoveryView), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn rerun_tenant_discovery(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = provet_id(&path)?;
+    let tenant = state
+        .broker
+        .tenant(id)
+        .await?
+        .ok_or(ApiError::TenantNotFound(id))?;
+    let record = match tenant.discovery {
+        Some(_) => state.broker.discover_now(id).await?,
+        None => None,
+    };
+    Ok(HttpResponse::Ok().json(DiscoveryView::from_record(record)))
+}
+
+/// Makes many tenants' discovery due now; the workers pick them up.
+#[utoipa::path(
+    post,
+    path = "/admin/discovery/rerun",
+    tag = "admin",
+    request_body = RerunRequest,
+    security(("api_key" = [])),
+    responses((status = 202, body = RerunScheduled), (status = 400, body = crate::problem::Problem))
+)]
+pub async fn rerun_discovery(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<RerunRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let filter = match body.filter.as_str() {
+        "failed" => RerunFilter::Failed,
+        "stale" => state.broker.stale_filter(),
+        "all" => RerunFilter::All,
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "filter must be `failed`, `stale` or `all`".into(),
+            ));
+        }
+    };
+    let scheduled = state.broker.schedule_discovery(filter).await?;
+    Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
 }

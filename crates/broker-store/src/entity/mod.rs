@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod client;
 pub mod department;
+pub mod discovery;
 pub mod hookup_delivery;
 pub mod setting;
 pub mod tenant;

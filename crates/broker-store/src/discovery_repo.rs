@@ -1,0 +1,350 @@
+//! Discovery state: scheduling, claiming with a lease, and recording results.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{LockBehavior, LockType, OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use serde_json::Value;
+
+use crate::entity::{client, discovery};
+use crate::records::*;
+use crate::{Result, Store};
+
+impl Store {
+    /// Keeps the discovery row in step with the tenant's discovery URL: a new or changed URL
+    /// is due at once; no URL means nothing to discover.
+    pub(crate) async fn sync_discovery(
+        &self,
+        tx: &DatabaseTransaction,
+        provet_id: i64,
+        url: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let Some(url) = url else {
+            discovery::Entity::delete_by_id(provet_id).exec(tx).await?;
+            return Ok(());
+        };
+        let existing = discovery::Entity::find_by_id(provet_id).one(tx).await?;
+        if existing.as_ref().is_some_and(|d| d.discovery_url == url) {
+            return Ok(());
+        }
+        let row = discovery::ActiveModel {
+            provet_id: Set(provet_id),
+            discovery_url: Set(url.to_owned()),
+            state: Set("pending".into()),
+            issuer: Set(None),
+            document: Set(None),
+            token_endpoint: Set(None),
+            authorization_endpoint: Set(None),
+            jwks_uri: Set(None),
+            userinfo_endpoint: Set(None),
+            revocation_endpoint: Set(None),
+            auth_methods: Set(None),
+            jwks: Set(None),
+            jwks_fetched_at: Set(None),
+            jwks_expires_at: Set(None),
+            warnings: Set(None),
+            fetched_at: Set(None),
+            last_attempt_at: Set(None),
+            next_due_at: Set(now),
+            attempts: Set(0),
+            last_error: Set(None),
+            lease_owner: Set(None),
+            lease_expires_at: Set(None),
+        };
+        discovery::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(discovery::Column::ProvetId)
+                    .update_columns([
+                        discovery::Column::DiscoveryUrl,
+                        discovery::Column::State,
+                        discovery::Column::Issuer,
+                        discovery::Column::Document,
+                        discovery::Column::TokenEndpoint,
+                        discovery::Column::AuthorizationEndpoint,
+                        discovery::Column::JwksUri,
+                        discovery::Column::UserinfoEndpoint,
+                        discovery::Column::RevocationEndpoint,
+                        discovery::Column::AuthMethods,
+                        discovery::Column::Jwks,
+                        discovery::Column::JwksFetchedAt,
+                        discovery::Column::JwksExpiresAt,
+                        discovery::Column::Warnings,
+                        discovery::Column::FetchedAt,
+                        discovery::Column::LastAttemptAt,
+                        discovery::Column::NextDueAt,
+                        discovery::Column::Attempts,
+                        discovery::Column::LastError,
+                        discovery::Column::LeaseOwner,
+                        discovery::Column::LeaseExpiresAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due tenants that nobody holds, for `lease`, as `owner`. On
+    /// PostgreSQL `FOR UPDATE SKIP LOCKED` keeps replicas off each other's rows; on SQLite
+    /// the single writer does.
+    pub async fn claim_discovery(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u64,
+        only: Option<i64>,
+    ) -> Result<Vec<DiscoveryJob>> {
+        let w = self.begin_write().await?;
+        let mut q = discovery::Entity::find();
+        q = match only {
+            // An explicit run ignores the schedule and any lease.
+            Some(id) => q.filter(discovery::Column::ProvetId.eq(id)),
+            None => q
+                .filter(discovery::Column::NextDueAt.lte(now))
+                .filter(
+                    Condition::any()
+                        .add(discovery::Column::LeaseExpiresAt.is_null())
+                        .add(discovery::Column::LeaseExpiresAt.lt(now)),
+                )
+                .order_by_asc(discovery::Column::NextDueAt),
+        };
+        q = q.limit(limit);
+        if self.is_postgres() {
+            q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = q.all(&w.tx).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.provet_id).collect();
+        discovery::Entity::update_many()
+            .col_expr(discovery::Column::LeaseOwner, Some(owner.to_owned()).into())
+            .col_expr(discovery::Column::LeaseExpiresAt, Some(lease_until).into())
+            .filter(discovery::Column::ProvetId.is_in(ids.clone()))
+            .exec(&w.tx)
+            .await?;
+        let clients = client::Entity::find()
+            .filter(client::Column::ProvetId.is_in(ids))
+            .filter(client::Column::IsCurrent.eq(true))
+            .all(&w.tx)
+            .await?;
+        w.tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let c = clients.iter().find(|c| c.provet_id == r.provet_id);
+                DiscoveryJob {
+                    provet_id: r.provet_id,
+                    discovery_url: r.discovery_url,
+                    token_url: c.map(|c| c.token_url.clone()),
+                    authorize_url: c.map(|c| c.authorize_url.clone()),
+                }
+            })
+            .collect())
+    }
+
+    /// Records a successful run and releases the lease.
+    pub async fn discovery_succeeded(
+        &self,
+        owner: &str,
+        job: &DiscoveryJob,
+        found: DiscoverySuccess,
+        now: DateTime<Utc>,
+        next_due: DateTime<Utc>,
+    ) -> Result<bool> {
+        let Some(row) = self.leased_row(owner, job).await? else {
+            return Ok(false);
+        };
+        let mut row = row.into_active_model();
+        row.state = Set("ok".into());
+        row.issuer = Set(Some(found.issuer));
+        row.document = Set(Some(found.document.to_string()));
+        row.token_endpoint = Set(found.token_endpoint);
+        row.authorization_endpoint = Set(Some(found.authorization_endpoint));
+        row.jwks_uri = Set(Some(found.jwks_uri));
+        row.userinfo_endpoint = Set(found.userinfo_endpoint);
+        row.revocation_endpoint = Set(found.revocation_endpoint);
+        row.auth_methods = Set(Some(Value::from(found.auth_methods).to_string()));
+        row.jwks = Set(Some(found.jwks.to_string()));
+        row.jwks_fetched_at = Set(Some(now));
+        row.jwks_expires_at = Set(found.jwks_expires_at);
+        row.warnings =
+            Set((!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string()));
+        row.fetched_at = Set(Some(now));
+        row.last_attempt_at = Set(Some(now));
+        row.next_due_at = Set(next_due);
+        row.attempts = Set(0);
+        row.last_error = Set(None);
+        row.lease_owner = Set(None);
+        row.lease_expires_at = Set(None);
+        row.update(&self.db).await?;
+        Ok(true)
+    }
+
+    /// Records a failed run (metadata from an earlier success is kept) and releases the lease.
+    pub async fn discovery_failed(
+        &self,
+        owner: &str,
+        job: &DiscoveryJob,
+        error: &str,
+        now: DateTime<Utc>,
+        next_due: impl FnOnce(i32) -> DateTime<Utc>,
+    ) -> Result<Option<i32>> {
+        let Some(row) = self.leased_row(owner, job).await? else {
+            return Ok(None);
+        };
+        let attempts = row.attempts.saturating_add(1);
+        let mut row = row.into_active_model();
+        row.state = Set("failed".into());
+        row.last_error = Set(Some(error.to_owned()));
+        row.last_attempt_at = Set(Some(now));
+        row.attempts = Set(attempts);
+        row.next_due_at = Set(next_due(attempts));
+        row.lease_owner = Set(None);
+        row.lease_expires_at = Set(None);
+        row.update(&self.db).await?;
+        Ok(Some(attempts))
+    }
+
+    /// The row still leased by `owner` for the same URL (a hookup may have changed it, or
+    /// the lease may have expired and moved on).
+    async fn leased_row(
+        &self,
+        owner: &str,
+        job: &DiscoveryJob,
+    ) -> Result<Option<discovery::Model>> {
+        Ok(discovery::Entity::find_by_id(job.provet_id)
+            .filter(discovery::Column::LeaseOwner.eq(owner))
+            .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Stores a JWKS fetched on demand (an unknown `kid`).
+    pub async fn store_jwks(
+        &self,
+        provet_id: i64,
+        jwks: &Value,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        discovery::Entity::update_many()
+            .col_expr(discovery::Column::Jwks, Some(jwks.to_string()).into())
+            .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
+            .col_expr(discovery::Column::JwksExpiresAt, expires_at.into())
+            .filter(discovery::Column::ProvetId.eq(provet_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims the right to refetch a tenant's JWKS: true for at most one caller per
+    /// `min_interval`, across replicas (a conditional update is the arbiter).
+    pub async fn claim_jwks_refetch(
+        &self,
+        provet_id: i64,
+        now: DateTime<Utc>,
+        not_since: DateTime<Utc>,
+    ) -> Result<bool> {
+        let result = discovery::Entity::update_many()
+            .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
+            .filter(discovery::Column::ProvetId.eq(provet_id))
+            .filter(
+                Condition::any()
+                    .add(discovery::Column::JwksFetchedAt.is_null())
+                    .add(discovery::Column::JwksFetchedAt.lt(not_since)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    pub async fn discovery(&self, provet_id: i64) -> Result<Option<DiscoveryRecord>> {
+        Ok(discovery::Entity::find_by_id(provet_id)
+            .one(&self.db)
+            .await?
+            .map(discovery_record))
+    }
+
+    pub(crate) async fn discoveries(&self, ids: Vec<i64>) -> Result<Vec<DiscoveryRecord>> {
+        Ok(discovery::Entity::find()
+            .filter(discovery::Column::ProvetId.is_in(ids))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(discovery_record)
+            .collect())
+    }
+
+    /// Makes the matching tenants due now; returns how many.
+    pub async fn schedule_discovery(&self, filter: RerunFilter, now: DateTime<Utc>) -> Result<u64> {
+        let mut q =
+            discovery::Entity::update_many().col_expr(discovery::Column::NextDueAt, now.into());
+        q = match filter {
+            RerunFilter::Failed => q.filter(discovery::Column::State.eq("failed")),
+            RerunFilter::Stale(before) => q.filter(
+                Condition::any()
+                    .add(discovery::Column::FetchedAt.is_null())
+                    .add(discovery::Column::FetchedAt.lt(before)),
+            ),
+            RerunFilter::All => q,
+        };
+        Ok(q.exec(&self.db).await?.rows_affected)
+    }
+
+    /// Tenants per discovery state (tenants without a discovery URL are `not_applicable`).
+    pub async fn discovery_state_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .db
+            .query_all(
+                Query::select()
+                    .column(discovery::Column::State)
+                    .expr(sea_orm::sea_query::Func::count(
+                        sea_orm::sea_query::Expr::col(discovery::Column::ProvetId),
+                    ))
+                    .from(discovery::Entity)
+                    .group_by_col(discovery::Column::State),
+            )
+            .await?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let state: String = row.try_get_by_index(0)?;
+            let n: i64 = row.try_get_by_index(1)?;
+            counts.push((state, n));
+        }
+        Ok(counts)
+    }
+}
+
+fn discovery_record(d: discovery::Model) -> DiscoveryRecord {
+    DiscoveryRecord {
+        provet_id: d.provet_id,
+        discovery_url: d.discovery_url,
+        state: d.state,
+        issuer: d.issuer,
+        token_endpoint: d.token_endpoint,
+        authorization_endpoint: d.authorization_endpoint,
+        jwks_uri: d.jwks_uri,
+        userinfo_endpoint: d.userinfo_endpoint,
+        revocation_endpoint: d.revocation_endpoint,
+        auth_methods: d
+            .auth_methods
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default(),
+        jwks: d.jwks.and_then(|j| serde_json::from_str(&j).ok()),
+        jwks_fetched_at: d.jwks_fetched_at,
+        warnings: d
+            .warnings
+            .and_then(|w| serde_json::from_str(&w).ok())
+            .unwrap_or_default(),
+        fetched_at: d.fetched_at,
+        last_attempt_at: d.last_attempt_at,
+        next_due_at: d.next_due_at,
+        attempts: d.attempts,
+        last_error: d.last_error,
+    }
+}

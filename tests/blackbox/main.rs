@@ -5,7 +5,9 @@
 mod helpers;
 
 mod admin;
+mod discovery;
 mod discovery_faults;
 mod hookup;
 mod lifecycle;
+mod provider;
 mod secrets;

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_core_tables;
 mod m20261128_000002_create_discovery;
+mod m20261128_000003_create_tokens;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_core_tables::Migration),
             Box::new(m20261128_000002_create_discovery::Migration),
+            Box::new(m20261128_000003_create_tokens::Migration),
         ]
     }
 }

@@ -266,6 +266,8 @@ impl DaemonConfig {
             // Messages name provetcloud.com hosts, which tests must never call: discovery
             // tests turn the worker on against a provider on 127.0.0.1.
             ("BROKER_DISCOVERY__ENABLED".into(), "false".into()),
+            ("BROKER_TOKENS__VERIFY_ON_HOOKUP".into(), "false".into()),
+            ("BROKER_SERVER__API_KEY_CACHE_TTL".into(), "1s".into()),
             (
                 "BROKER_LOG__LEVEL".into(),
                 "info,broker_api=debug,broker_service=debug,broker_store=debug,provet_broker=debug"

@@ -11,3 +11,5 @@ mod hookup;
 mod lifecycle;
 mod provider;
 mod secrets;
+mod token_faults;
+mod tokens;

@@ -107,6 +107,48 @@ impl Provider {
         counts[path].as_u64().unwrap_or(0)
     }
 
+    /// Every token-endpoint request the provider answered for the tenant.
+    pub async fn token_requests(&self, provet_id: i64) -> Vec<Value> {
+        let all: Value = self
+            .client()
+            .get(format!("{}/_test/token-requests", self.base))
+            .send()
+            .await
+            .expect("token requests")
+            .json()
+            .await
+            .expect("json");
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["provet_id"] == provet_id)
+            .cloned()
+            .collect()
+    }
+
+    pub async fn delete_application(&self, client_id: &str) {
+        let response = self
+            .client()
+            .delete(format!("{}/_test/applications/{client_id}", self.base))
+            .send()
+            .await
+            .expect("delete application");
+        assert_eq!(response.status(), 204);
+    }
+
+    /// Calls the tenant's protected resource with a token: (status, body).
+    pub async fn api_me(&self, provet_id: i64, token: &str) -> (u16, Value) {
+        let response = self
+            .client()
+            .get(format!("{}/{provet_id}/api/me/", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("api/me");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn discovery_path(provet_id: i64) -> String {
         format!("/{provet_id}/oauth2/.well-known/openid-configuration")
     }
@@ -125,5 +167,9 @@ pub fn provider_env() -> Vec<(String, String)> {
         ),
         ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
         ("BROKER_DISCOVERY__ENABLED".to_owned(), "true".to_owned()),
+        (
+            "BROKER_TOKENS__VERIFY_ON_HOOKUP".to_owned(),
+            "true".to_owned(),
+        ),
     ]
 }

@@ -648,6 +648,10 @@ impl DaemonEnv {
             .env("BROKER_HOOKUP__SECRET", &self.hookup_secret)
             .env("BROKER_LOG__FORMAT", "json")
             .env("BROKER_LOG__LEVEL", "info")
+            // The messages name provetcloud.com hosts: the daemon must never call them from
+            // a benchmark (no credential check, no discovery).
+            .env("BROKER_TOKENS__VERIFY_ON_HOOKUP", "false")
+            .env("BROKER_DISCOVERY__ENABLED", "false")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command

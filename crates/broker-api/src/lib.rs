@@ -42,7 +42,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/v1/tenants/{provet_id}",
         web::get().to(service::get_tenant),
     )
+    .route(
+        "/v1/tenants/{provet_id}/token",
+        web::post().to(service::token),
+    )
     .route("/admin/tenants", web::get().to(admin::list_tenants))
+    .route(
+        "/admin/tenants/{provet_id}/verify",
+        web::post().to(admin::verify_tenant),
+    )
     .route(
         "/admin/tenants/{provet_id}",
         web::get().to(admin::get_tenant),

@@ -19,6 +19,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code.
     pub code: &'static str,
+    /// The provider's OAuth error code, for `upstream_rejected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<String>,
     /// Every offending field, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<ProblemField>>,
@@ -53,6 +56,20 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the database is unavailable")]
     Unavailable(String),
+    #[error("{0}")]
+    ReauthorizationRequired(String),
+    #[error("{0}")]
+    Misconfigured(String),
+    #[error("the provider rejected the token request: {upstream_error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    UpstreamRejected {
+        upstream_error: String,
+        description: Option<String>,
+    },
+    #[error("the provider is unavailable: {reason}")]
+    UpstreamUnavailable {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -74,6 +91,10 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::ReauthorizationRequired(_) => "reauthorization_required",
+            Self::Misconfigured(_) => "misconfigured",
+            Self::UpstreamRejected { .. } => "upstream_rejected",
+            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
         }
     }
 
@@ -99,8 +120,12 @@ impl ResponseError for ApiError {
             Self::Invalid { .. } | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ReauthorizationRequired(_) | Self::Misconfigured(_) => StatusCode::CONFLICT,
+            Self::UpstreamRejected { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -117,6 +142,10 @@ impl ResponseError for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             code: self.code(),
+            upstream_error: match self {
+                Self::UpstreamRejected { upstream_error, .. } => Some(upstream_error.clone()),
+                _ => None,
+            },
             errors: match self {
                 Self::Invalid { errors, .. } => Some(
                     errors
@@ -135,10 +164,41 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized(_)) {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
-        if matches!(self, Self::Unavailable(_)) {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            Self::UpstreamUnavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
         }
         response.json(problem)
+    }
+}
+
+impl From<broker_service::tokens::TokenBrokerError> for ApiError {
+    fn from(err: broker_service::tokens::TokenBrokerError) -> Self {
+        use broker_service::tokens::TokenBrokerError as E;
+        match err {
+            E::InvalidRequest(m) => Self::InvalidRequest(m),
+            E::TenantNotFound(id) => Self::TenantNotFound(id),
+            E::ReauthorizationRequired(m) => Self::ReauthorizationRequired(m),
+            E::Rejected { code, description } => Self::UpstreamRejected {
+                upstream_error: code,
+                description,
+            },
+            E::Unavailable {
+                reason,
+                retry_after,
+            } => Self::UpstreamUnavailable {
+                reason,
+                retry_after,
+            },
+            E::Misconfigured(m) => Self::Misconfigured(m),
+            E::Store(e) => e.into(),
+        }
     }
 }
 

@@ -327,3 +327,30 @@ pub struct Ready {
     pub database: &'static str,
     pub pending_migrations: usize,
 }
+
+/// `POST /v1/tenants/{provet_id}/token`; every field optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequestBody {
+    /// Space-separated scopes (default `restapi`).
+    pub scope: Option<String>,
+    /// The token must stay valid at least this many seconds (default 60, at most 36000).
+    pub min_ttl: Option<u64>,
+    /// Fetch a new token even if a cached one is valid (concurrent calls share one fetch).
+    #[serde(default)]
+    pub force_refresh: bool,
+    /// For authorization-code tenants with several grants: whose.
+    pub subject: Option<String>,
+}
+
+/// An access token for the tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    /// Seconds from now until it expires.
+    pub expires_in: i64,
+    pub expires_at: DateTime<Utc>,
+    pub scope: String,
+    pub provet_id: i64,
+}

@@ -3,6 +3,7 @@
 //! and bodies read with a size cap.
 
 pub mod discovery;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +120,27 @@ impl Upstream {
         self.send(&url, request).await
     }
 
-    /// Sends a prepared request to `url` (already checked) and reads the answer.
+    /// Sends a prepared request to `url` (already checked) and reads the answer; any status
+    /// but 2xx is an error.
     pub async fn send(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let response = self.send_raw(url, request).await?;
+        if !response.status.is_success() {
+            return Err(UpstreamError::Status {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                status: response.status.as_u16(),
+                retry_after: retry_after(&response.headers),
+                body: response.body,
+            });
+        }
+        Ok(response)
+    }
+
+    /// Sends and reads the answer whatever its status, except a redirect (never followed).
+    pub async fn send_raw(
         &self,
         url: &Url,
         request: reqwest::RequestBuilder,
@@ -143,14 +163,6 @@ impl Upstream {
             });
         }
         let body = self.read_body(&host, response).await?;
-        if !status.is_success() {
-            return Err(UpstreamError::Status {
-                host,
-                status: status.as_u16(),
-                retry_after: retry_after(&headers),
-                body,
-            });
-        }
         Ok(UpstreamResponse {
             status,
             headers,

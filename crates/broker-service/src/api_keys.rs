@@ -42,6 +42,23 @@ pub enum ApiKeyError {
     Store(#[from] StoreError),
 }
 
+/// Recently checked keys, so that the token hot path does not read the database. A revoke
+/// on this replica takes effect at once; on other replicas within the cache's time to live.
+pub struct ApiKeyCache {
+    cache: moka::future::Cache<String, Option<Principal>>,
+}
+
+impl ApiKeyCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+}
+
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
@@ -97,6 +114,7 @@ impl Broker {
 
     pub async fn revoke_api_key(&self, id: i64) -> Result<bool, StoreError> {
         let revoked = self.store.revoke_api_key(id, self.now()).await?;
+        self.api_key_cache.cache.invalidate_all();
         if revoked {
             tracing::info!(key_id = id, "API key revoked");
         }
@@ -108,17 +126,22 @@ impl Broker {
         if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
             return Ok(None);
         }
-        let Some(record) = self.store.api_key_by_hash(&hash_key(key)).await? else {
-            return Ok(None);
-        };
-        let Ok(role) = record.role.parse() else {
-            return Ok(None);
-        };
-        Ok(Some(Principal {
-            key_id: record.id,
-            name: record.name,
-            role,
-            tenants: record.tenants,
-        }))
+        let hash = hash_key(key);
+        if let Some(known) = self.api_key_cache.cache.get(&hash).await {
+            return Ok(known);
+        }
+        let principal = self.store.api_key_by_hash(&hash).await?.and_then(|record| {
+            Some(Principal {
+                key_id: record.id,
+                role: record.role.parse().ok()?,
+                name: record.name,
+                tenants: record.tenants,
+            })
+        });
+        self.api_key_cache
+            .cache
+            .insert(hash, principal.clone())
+            .await;
+        Ok(principal)
     }
 }

@@ -90,8 +90,15 @@ impl Broker {
         match self.store.apply_hookup(&msg, self.now()).await {
             Ok(outcome) => {
                 self.metrics.hookup(outcome.as_str());
-                if outcome != HookupOutcome::Unchanged && msg.openid_autodiscovery_url.is_some() {
-                    self.discovery.wake.notify_one();
+                if outcome != HookupOutcome::Unchanged {
+                    // New credentials: nothing cached for the old ones may be served.
+                    self.tokens.forget(msg.provet_id.get());
+                    if msg.openid_autodiscovery_url.is_some() {
+                        self.discovery.wake.notify_one();
+                    }
+                    if msg.grant_type == broker_domain::GrantType::ClientCredentials {
+                        self.verify_in_background(msg.provet_id.get());
+                    }
                 }
                 tracing::info!(
                     outcome = outcome.as_str(),

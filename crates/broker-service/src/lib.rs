@@ -6,6 +6,7 @@ pub mod clock;
 pub mod discovery;
 pub mod hookup;
 pub mod metrics;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub discovery: Arc<discovery::Discovery>,
+    pub tokens: Arc<tokens::TokenCache>,
+    pub api_key_cache: Arc<api_keys::ApiKeyCache>,
+    /// Background work started by requests (credential checks); joined on shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Broker {
@@ -56,6 +61,7 @@ impl Broker {
     /// The tenant removed the integration: disable it and wipe its secrets.
     pub async fn remove_tenant(&self, provet_id: i64) -> Result<bool, StoreError> {
         let removed = self.store.remove_tenant(provet_id, self.now()).await?;
+        self.tokens.forget(provet_id);
         if removed {
             tracing::info!(provet_id, "tenant removed; its secrets were wiped");
         }

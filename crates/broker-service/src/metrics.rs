@@ -32,8 +32,20 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    pub api_key: String,
+    pub provet_id: i64,
+    /// `hit` (memory), `shared` (database: a restart or another replica), `miss` (provider).
+    pub cache: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub tokens_served: Family<ServedLabels, Counter>,
+    pub upstream_token_requests: Family<OutcomeLabels, Counter>,
+    pub upstream_token_duration: Histogram,
+    pub token_lock_wait: Histogram,
     pub discovery_runs: Family<OutcomeLabels, Counter>,
     pub discovery_duration: Histogram,
     pub discovery_tenants: Family<StateLabels, Gauge>,
@@ -91,8 +103,38 @@ impl Metrics {
             "Tenants with a discovery URL, by discovery state",
             discovery_tenants.clone(),
         );
+        let tokens_served = Family::<ServedLabels, Counter>::default();
+        registry.register(
+            "tokens_served",
+            "Access tokens handed out, by API key name, tenant and where they came from",
+            tokens_served.clone(),
+        );
+        let upstream_token_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "upstream_token_requests",
+            "Token requests sent to providers, by outcome (ok, rejected, unavailable, misconfigured)",
+            upstream_token_requests.clone(),
+        );
+        let upstream_token_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "upstream_token_request_duration",
+            "Latency of token requests to providers",
+            prometheus_client::registry::Unit::Seconds,
+            upstream_token_duration.clone(),
+        );
+        let token_lock_wait = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register_with_unit(
+            "token_lock_wait",
+            "Time spent waiting for the cross-replica token lock",
+            prometheus_client::registry::Unit::Seconds,
+            token_lock_wait.clone(),
+        );
         Self {
             registry,
+            tokens_served,
+            upstream_token_requests,
+            upstream_token_duration,
+            token_lock_wait,
             discovery_runs,
             discovery_duration,
             discovery_tenants,
@@ -125,6 +167,29 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .set(n);
+    }
+
+    pub fn token_served(&self, api_key: &str, provet_id: i64, source: &str) {
+        self.tokens_served
+            .get_or_create(&ServedLabels {
+                api_key: api_key.to_owned(),
+                provet_id,
+                cache: source.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_token_request(&self, outcome: &str, took: std::time::Duration) {
+        self.upstream_token_requests
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.upstream_token_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn token_lock_wait(&self, took: std::time::Duration) {
+        self.token_lock_wait.observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -6,6 +6,9 @@ mod discovery_repo;
 mod entity;
 mod records;
 mod repo;
+mod token_repo;
+
+pub use token_repo::TokenLock;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot prepare the database: {0}")]
     Setup(String),
+    #[error("timed out waiting for another replica's token request: {0}")]
+    LockTimeout(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

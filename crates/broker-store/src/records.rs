@@ -155,3 +155,37 @@ pub enum RerunFilter {
     Stale(DateTime<Utc>),
     All,
 }
+
+/// Identifies one cached token: tenant, client, scope, and (authorization-code) grant subject.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub provet_id: i64,
+    pub client_id: String,
+    pub scope: String,
+    pub subject: String,
+}
+
+/// A stored access token, opened.
+#[derive(Clone)]
+pub struct StoredToken {
+    pub access_token: secrecy::SecretString,
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    pub obtained_at: DateTime<Utc>,
+}
+
+/// What the token broker needs to know about a tenant's current client.
+#[derive(Clone)]
+pub struct TokenClientRecord {
+    pub provet_id: i64,
+    pub tenant_status: String,
+    pub client_id: String,
+    pub client_secret: Option<secrecy::SecretString>,
+    pub client_type: String,
+    pub grant_type: String,
+    pub token_url: String,
+    pub credentials_state: String,
+    pub credentials_checked_at: Option<DateTime<Utc>>,
+    /// From discovery: the token endpoint's advertised client authentication methods.
+    pub auth_methods: Vec<String>,
+}

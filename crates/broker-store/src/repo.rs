@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::MutexGuard;
 
-use crate::entity::{api_key, client, department, hookup_delivery, setting, tenant};
+use crate::entity::{api_key, client, department, hookup_delivery, setting, tenant, token};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
@@ -50,6 +50,14 @@ impl Store {
             tx,
             _writer: writer,
         })
+    }
+
+    /// For single statements outside `begin_write`: on SQLite, queue behind other writers.
+    pub(crate) async fn sqlite_write_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
     }
 
     pub(crate) fn is_postgres(&self) -> bool {
@@ -128,6 +136,11 @@ impl Store {
 
         if client_changed {
             self.store_client(tx, current, msg, now).await?;
+            // Tokens of the old credentials are of no use any more.
+            token::Entity::delete_many()
+                .filter(token::Column::ProvetId.eq(provet_id))
+                .exec(tx)
+                .await?;
         }
         if outcome != HookupOutcome::Unchanged {
             self.sync_discovery(
@@ -402,6 +415,10 @@ impl Store {
             .exec(&w.tx)
             .await?;
         self.sync_discovery(&w.tx, provet_id, None, now).await?;
+        token::Entity::delete_many()
+            .filter(token::Column::ProvetId.eq(provet_id))
+            .exec(&w.tx)
+            .await?;
         if t.status != "removed" {
             let mut t = t.into_active_model();
             t.status = Set("removed".into());

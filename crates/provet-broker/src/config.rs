@@ -17,6 +17,7 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub hookup: HookupSettings,
     pub discovery: DiscoverySettings,
+    pub tokens: TokenSettings,
     pub log: LogSettings,
 }
 
@@ -33,6 +34,10 @@ pub struct ServerSettings {
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a checked API key is trusted without reading the database. A revoke on
+    /// one replica reaches the others within this time.
+    #[serde(with = "humantime_serde")]
+    pub api_key_cache_ttl: Duration,
 }
 
 impl Default for ServerSettings {
@@ -42,6 +47,7 @@ impl Default for ServerSettings {
             public_url: "http://127.0.0.1:8080".into(),
             workers: 0,
             shutdown_timeout: Duration::from_secs(30),
+            api_key_cache_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -175,6 +181,66 @@ impl DiscoverySettings {
             strict_issuer: self.strict_issuer,
             poll_interval: self.poll_interval,
             jwks_min_interval: self.jwks_min_interval,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Connect timeout for token requests.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bound on a whole token request. Waits for another replica's request are bounded by
+    /// twice this plus 5 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Refresh a cached token this long before it expires, at most a quarter of its lifetime.
+    #[serde(with = "humantime_serde")]
+    pub refresh_skew: Duration,
+    /// Lifetime assumed when a provider sends neither `expires_in` nor a JWT `exp`.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// After `invalid_client`, no token request for that client for this long (a new hookup
+    /// or `POST /admin/tenants/{id}/verify` ends it early).
+    #[serde(with = "humantime_serde")]
+    pub rejected_cooldown: Duration,
+    /// The longest per-tenant backoff after the provider failed (timeouts, 5xx, 429).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long a replica trusts its memory before checking the database again.
+    #[serde(with = "humantime_serde")]
+    pub revalidate_after: Duration,
+    /// Fetch one token right after a client_credentials hookup to check the credentials.
+    pub verify_on_hookup: bool,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            refresh_skew: Duration::from_secs(60),
+            default_ttl: Duration::from_secs(3600),
+            rejected_cooldown: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(60),
+            revalidate_after: Duration::from_secs(30),
+            verify_on_hookup: true,
+        }
+    }
+}
+
+impl TokenSettings {
+    pub fn to_service(&self) -> broker_service::tokens::TokenSettings {
+        broker_service::tokens::TokenSettings {
+            skew: self.refresh_skew,
+            skew_fraction: 0.25,
+            default_ttl: self.default_ttl,
+            rejected_cooldown: self.rejected_cooldown,
+            timeout: self.timeout,
+            revalidate_after: self.revalidate_after,
+            max_backoff: self.max_backoff,
+            verify_on_hookup: self.verify_on_hookup,
         }
     }
 }

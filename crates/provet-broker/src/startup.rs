@@ -12,8 +12,10 @@ use anyhow::{Context, bail};
 use broker_api::AppState;
 use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
+use broker_service::api_keys::ApiKeyCache;
 use broker_service::discovery::Discovery;
 use broker_service::hookup::HookupSecrets;
+use broker_service::tokens::TokenCache;
 use broker_service::{Broker, Metrics, SystemClock};
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -132,7 +134,22 @@ pub fn broker(
         },
     )
     .map_err(anyhow::Error::msg)?;
+    let token_upstream = Upstream::new(
+        policy.clone(),
+        UpstreamConfig {
+            connect_timeout: settings.tokens.connect_timeout,
+            timeout: settings.tokens.timeout,
+            max_body: 256 * 1024,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(Broker {
+        tokens: Arc::new(TokenCache::new(
+            settings.tokens.to_service(),
+            token_upstream,
+        )),
+        api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
+        tasks: TaskTracker::new(),
         store,
         policy,
         hookup_secrets: Arc::new(hookup_secrets),
@@ -246,6 +263,8 @@ impl Application {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.broker.tasks.close();
+        self.broker.tasks.wait().await;
         served?;
         tracing::info!("stopped; closing the database");
         self.broker.store.close().await;

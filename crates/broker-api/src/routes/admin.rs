@@ -12,8 +12,8 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::views::{
-    ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, DiscoveryView, EventPage, EventView,
-    RerunRequest, RerunScheduled, TenantPage, TenantView,
+    ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, CredentialsView, DiscoveryView, EventPage,
+    EventView, RerunRequest, RerunScheduled, TenantPage, TenantView,
 };
 
 const DEFAULT_PAGE: u64 = 50;
@@ -333,4 +333,30 @@ pub async fn rerun_discovery(
     };
     let scheduled = state.broker.schedule_discovery(filter).await?;
     Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
+}
+
+/// Checks the tenant's client credentials now (one token request, which fills the cache),
+/// ignoring any rejection cool-down; answers the credentials state.
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{provet_id}/verify",
+    tag = "admin",
+    params(("provet_id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = CredentialsView), (status = 404, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem))
+)]
+pub async fn verify_tenant(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = provet_id(&path)?;
+    state.broker.verify_credentials(id).await?;
+    let tenant = state
+        .broker
+        .tenant(id)
+        .await?
+        .ok_or(ApiError::TenantNotFound(id))?;
+    Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }

@@ -6,7 +6,9 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::routes::admin::provet_id;
-use crate::views::ServiceTenantView;
+use crate::views::{ServiceTenantView, TokenRequestBody, TokenResponse};
+use broker_service::tokens::TokenRequest;
+use secrecy::ExposeSecret;
 
 /// What a service may know about a tenant: grant type, departments, discovery state, and
 /// whether the broker can get a token for it. Never secrets.
@@ -37,4 +39,69 @@ pub async fn get_tenant(
         .filter(|t| t.status == "active")
         .ok_or(ApiError::TenantNotFound(id))?;
     Ok(HttpResponse::Ok().json(ServiceTenantView::from(tenant)))
+}
+
+/// An access token for the tenant, from the cache when one is valid long enough.
+///
+/// Exactly one request per need reaches the provider, whatever the number of concurrent
+/// callers and replicas.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{provet_id}/token",
+    tag = "tokens",
+    params(("provet_id" = i64, Path)),
+    request_body(content = Option<TokenRequestBody>, content_type = "application/json"),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 400, description = "invalid_request", body = crate::problem::Problem),
+        (status = 401, body = crate::problem::Problem),
+        (status = 403, body = crate::problem::Problem),
+        (status = 404, description = "tenant_not_found", body = crate::problem::Problem),
+        (status = 409, description = "reauthorization_required or misconfigured", body = crate::problem::Problem),
+        (status = 502, description = "upstream_rejected (with `upstream_error`)", body = crate::problem::Problem),
+        (status = 503, description = "upstream_unavailable (with Retry-After)", body = crate::problem::Problem),
+    )
+)]
+pub async fn token(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = provet_id(&path)?;
+    caller.require_tenant(id)?;
+    let body: TokenRequestBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequestBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?
+    };
+    let token = state
+        .broker
+        .token(
+            id,
+            &TokenRequest {
+                scope: body.scope,
+                min_ttl: body.min_ttl,
+                force_refresh: body.force_refresh,
+                subject: body.subject,
+            },
+        )
+        .await?;
+    state
+        .broker
+        .metrics
+        .token_served(&caller.0.name, id, token.source.as_str());
+    let now = state.broker.now();
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(TokenResponse {
+            access_token: token.access_token.expose_secret().to_owned(),
+            token_type: token.token_type,
+            expires_in: (token.expires_at - now).num_seconds().max(0),
+            expires_at: token.expires_at,
+            scope: token.scope,
+            provet_id: id,
+        }))
 }

@@ -7,3 +7,4 @@ pub mod discovery;
 pub mod hookup_delivery;
 pub mod setting;
 pub mod tenant;
+pub mod token;

@@ -1,0 +1,286 @@
+//! Token requests through the oauth2 crate, over `Upstream` (allowlist, timeouts, body cap):
+//! form-encoded bodies, HTTP Basic client authentication with id and secret form-urlencoded
+//! first (the oauth2 crate does that), or `client_secret_post`; public clients send only
+//! their `client_id`.
+
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RequestTokenError, Scope,
+    TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{Upstream, UpstreamError};
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic` (preferred).
+    Basic,
+    /// `client_secret_post`.
+    Post,
+}
+
+impl ClientAuth {
+    /// Basic unless the provider advertises only `client_secret_post`.
+    pub fn from_advertised(methods: &[String]) -> Self {
+        if methods.iter().any(|m| m == "client_secret_post")
+            && !methods.iter().any(|m| m == "client_secret_basic")
+        {
+            Self::Post
+        } else {
+            Self::Basic
+        }
+    }
+}
+
+/// The client that asks.
+pub struct TokenClient<'a> {
+    pub token_url: &'a str,
+    pub client_id: &'a str,
+    pub client_secret: Option<&'a SecretString>,
+    pub auth: ClientAuth,
+}
+
+/// A token the provider issued.
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    /// `expires_in` as sent, if it was.
+    pub expires_in: Option<Duration>,
+    pub refresh_token: Option<SecretString>,
+    /// The granted scope, space separated, if the provider said.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no token came.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The provider answered with an OAuth error (`invalid_client`, `invalid_grant`, ...).
+    #[error("the provider refused: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Rejected {
+        code: String,
+        description: Option<String>,
+    },
+    /// Not reachable, too slow, 5xx, 429, or an answer that is not a token response.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The token URL is not allowed by configuration.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl TokenError {
+    /// Whether the provider says the client's credentials are bad.
+    pub fn is_bad_client(&self) -> bool {
+        matches!(self, Self::Rejected { code, .. } if code == "invalid_client" || code == "unauthorized_client")
+    }
+
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::Rejected { code, .. } if code == "invalid_grant")
+    }
+}
+
+/// `grant_type=client_credentials`.
+pub async fn client_credentials(
+    upstream: &Upstream,
+    client: &TokenClient<'_>,
+    scope: &str,
+) -> Result<IssuedToken, TokenError> {
+    let oauth = oauth_client(upstream, client)?;
+    let http = Http(upstream.clone());
+    let result = oauth
+        .exchange_client_credentials()
+        .add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())))
+        .request_async(&http)
+        .await;
+    issued(result)
+}
+
+/// `grant_type=refresh_token`.
+pub async fn refresh(
+    upstream: &Upstream,
+    client: &TokenClient<'_>,
+    refresh_token: &SecretString,
+    scope: &str,
+) -> Result<IssuedToken, TokenError> {
+    let oauth = oauth_client(upstream, client)?;
+    let http = Http(upstream.clone());
+    let token = oauth2::RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let result = oauth
+        .exchange_refresh_token(&token)
+        .add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_owned())))
+        .request_async(&http)
+        .await;
+    issued(result)
+}
+
+type Client = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+fn oauth_client(upstream: &Upstream, client: &TokenClient<'_>) -> Result<Client, TokenError> {
+    upstream
+        .check(client.token_url)
+        .map_err(|e| TokenError::Misconfigured(format!("token_url: {e}")))?;
+    let token_url = TokenUrl::new(client.token_url.to_owned())
+        .map_err(|e| TokenError::Misconfigured(format!("token_url: {e}")))?;
+    let mut oauth = BasicClient::new(ClientId::new(client.client_id.to_owned()))
+        .set_token_uri(token_url)
+        .set_auth_type(match client.auth {
+            ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Post => AuthType::RequestBody,
+        });
+    if let Some(secret) = client.client_secret {
+        oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+    }
+    Ok(oauth)
+}
+
+/// The oauth2 crate's HTTP client: `exchange` with a `Send` future (a closure's future
+/// is not provably `Send` for every lifetime, which spawned tasks need).
+struct Http(Upstream);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Http {
+    type Error = UpstreamError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, UpstreamError>> + Send + 'static>,
+    >;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        // The future owns its client (cheap: reqwest's client is shared inside).
+        let upstream = self.0.clone();
+        Box::pin(async move { exchange(&upstream, request).await })
+    }
+}
+
+/// The oauth2 crate's HTTP hook: the allowlist again (the URL may be any), our timeouts and
+/// body cap. 429 and 5xx become errors here, so that `Retry-After` survives; 4xx answers go
+/// back to the crate, which reads the OAuth error in them.
+async fn exchange(
+    upstream: &Upstream,
+    request: HttpRequest,
+) -> Result<HttpResponse, UpstreamError> {
+    let url = upstream.check(&request.uri().to_string())?;
+    let (parts, body) = request.into_parts();
+    let mut builder = upstream
+        .http()
+        .request(parts.method, url.clone())
+        .body(body);
+    for (name, value) in &parts.headers {
+        builder = builder.header(name, value);
+    }
+    let response = upstream.send_raw(&url, builder).await?;
+    let status = response.status.as_u16();
+    if status == 429 || status >= 500 {
+        return Err(UpstreamError::Status {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            status,
+            retry_after: crate::retry_after(&response.headers),
+            body: Vec::new(),
+        });
+    }
+    let mut http = HttpResponse::new(response.body);
+    *http.status_mut() = response.status;
+    *http.headers_mut() = response.headers;
+    Ok(http)
+}
+
+fn issued(
+    result: Result<
+        BasicTokenResponse,
+        RequestTokenError<UpstreamError, oauth2::basic::BasicErrorResponse>,
+    >,
+) -> Result<IssuedToken, TokenError> {
+    match result {
+        Ok(token) => Ok(IssuedToken {
+            access_token: SecretString::from(token.access_token().secret().to_owned()),
+            // The crate reports `bearer`; callers put it in an Authorization header as `Bearer`.
+            token_type: match token.token_type().as_ref() {
+                t if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
+                t => t.to_owned(),
+            },
+            expires_in: token.expires_in(),
+            refresh_token: token
+                .refresh_token()
+                .map(|r| SecretString::from(r.secret().to_owned())),
+            scope: token.scopes().map(|scopes| {
+                scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        }),
+        Err(RequestTokenError::ServerResponse(err)) => Err(TokenError::Rejected {
+            code: error_code(err.error()),
+            description: err.error_description().cloned(),
+        }),
+        Err(RequestTokenError::Request(UpstreamError::Disallowed(message))) => {
+            Err(TokenError::Misconfigured(message))
+        }
+        Err(RequestTokenError::Request(UpstreamError::Status {
+            host,
+            status,
+            retry_after,
+            ..
+        })) => Err(TokenError::Unavailable {
+            reason: format!("{host} answered HTTP {status}"),
+            retry_after,
+        }),
+        Err(RequestTokenError::Request(e)) => Err(TokenError::Unavailable {
+            reason: e.to_string(),
+            retry_after: None,
+        }),
+        Err(RequestTokenError::Parse(e, _)) => Err(TokenError::Unavailable {
+            reason: format!(
+                "the token endpoint's answer is not a token response: {}",
+                e.inner()
+            ),
+            retry_after: None,
+        }),
+        Err(RequestTokenError::Other(e)) => Err(TokenError::Unavailable {
+            reason: format!("the token endpoint's answer could not be used: {e}"),
+            retry_after: None,
+        }),
+    }
+}
+
+fn error_code(kind: &BasicErrorResponseType) -> String {
+    kind.as_ref().to_owned()
+}
+
+/// The `exp` of a JWT access token, read without verifying it (only to schedule a refresh).
+pub fn jwt_expiry(token: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: u64,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token)
+        .ok()
+        .map(|c| c.exp)
+}

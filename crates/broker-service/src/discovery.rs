@@ -124,6 +124,8 @@ impl Broker {
                 self.refresh_discovery_gauge().await;
                 gauge_refreshed = Instant::now();
             }
+            // Collect every finished run first, so that one claim fills all free slots.
+            while running.try_join_next().is_some() {}
             let free = concurrency.saturating_sub(running.len());
             let mut claimed = 0;
             if free > 0 && !stop.is_cancelled() {

@@ -181,6 +181,7 @@ impl Store {
         row.last_error = Set(None);
         row.lease_owner = Set(None);
         row.lease_expires_at = Set(None);
+        let _writer = self.sqlite_write_lock().await;
         row.update(&self.db).await?;
         Ok(true)
     }
@@ -206,6 +207,7 @@ impl Store {
         row.next_due_at = Set(next_due(attempts));
         row.lease_owner = Set(None);
         row.lease_expires_at = Set(None);
+        let _writer = self.sqlite_write_lock().await;
         row.update(&self.db).await?;
         Ok(Some(attempts))
     }
@@ -232,6 +234,7 @@ impl Store {
         expires_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let _writer = self.sqlite_write_lock().await;
         discovery::Entity::update_many()
             .col_expr(discovery::Column::Jwks, Some(jwks.to_string()).into())
             .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
@@ -250,6 +253,7 @@ impl Store {
         now: DateTime<Utc>,
         not_since: DateTime<Utc>,
     ) -> Result<bool> {
+        let _writer = self.sqlite_write_lock().await;
         let result = discovery::Entity::update_many()
             .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
             .filter(discovery::Column::ProvetId.eq(provet_id))
@@ -293,6 +297,7 @@ impl Store {
             ),
             RerunFilter::All => q,
         };
+        let _writer = self.sqlite_write_lock().await;
         Ok(q.exec(&self.db).await?.rows_affected)
     }
 

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_core_tables;
 mod m20261128_000002_create_discovery;
 mod m20261128_000003_create_tokens;
+mod m20261128_000004_create_grants;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_core_tables::Migration),
             Box::new(m20261128_000002_create_discovery::Migration),
             Box::new(m20261128_000003_create_tokens::Migration),
+            Box::new(m20261128_000004_create_grants::Migration),
         ]
     }
 }

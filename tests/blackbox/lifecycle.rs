@@ -201,6 +201,9 @@ async fn operations_endpoints_answer(backend: Backend) {
         "GET /openapi.json",
         "GET /v1/tenants/{provet_id}",
         "POST /v1/tenants/{provet_id}/token",
+        "POST /v1/tenants/{provet_id}/authorizations",
+        "GET /oauth/callback",
+        "DELETE /admin/tenants/{provet_id}/grants/{subject}",
         "POST /admin/tenants/{provet_id}/verify",
         "GET /admin/tenants",
         "GET /admin/tenants/{provet_id}",
@@ -220,7 +223,8 @@ async fn operations_endpoints_answer(backend: Backend) {
         let path = path
             .replace("{provet_id}", "100")
             .replace("{id}", "1")
-            .replace("{hookup_secret}", &secret);
+            .replace("{hookup_secret}", &secret)
+            .replace("{subject}", "someone");
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let response = daemon
             .http

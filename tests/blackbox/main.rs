@@ -5,9 +5,11 @@
 mod helpers;
 
 mod admin;
+mod connect;
 mod discovery;
 mod discovery_faults;
 mod hookup;
+mod id_tokens;
 mod lifecycle;
 mod provider;
 mod secrets;

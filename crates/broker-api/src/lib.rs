@@ -27,7 +27,7 @@ pub struct AppState {
 /// Registers every route. The app must also wrap `observe` and use `not_found` as its
 /// default service (see `provet-broker`'s startup).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use routes::{admin, hookup, ops, service};
+    use routes::{admin, hookup, oauth, ops, service};
     cfg.service(
         web::resource("/hookup/{hookup_secret}")
             .route(web::post().to(hookup::receive))
@@ -45,6 +45,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/tenants/{provet_id}/token",
         web::post().to(service::token),
+    )
+    .route(
+        "/v1/tenants/{provet_id}/authorizations",
+        web::post().to(oauth::start),
+    )
+    .route("/oauth/callback", web::get().to(oauth::callback))
+    .route(
+        "/admin/tenants/{provet_id}/grants/{subject}",
+        web::delete().to(admin::revoke_grant),
     )
     .route("/admin/tenants", web::get().to(admin::list_tenants))
     .route(

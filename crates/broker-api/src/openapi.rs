@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, hookup, ops, service};
+use crate::routes::{admin, hookup, oauth, ops, service};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use crate::routes::{admin, hookup, ops, service};
         hookup::receive,
         service::get_tenant,
         service::token,
+        oauth::start,
+        oauth::callback,
         admin::list_tenants,
         admin::get_tenant,
         admin::tenant_events,
@@ -22,6 +24,7 @@ use crate::routes::{admin, hookup, ops, service};
         admin::rerun_tenant_discovery,
         admin::rerun_discovery,
         admin::verify_tenant,
+        admin::revoke_grant,
         admin::create_api_key,
         admin::list_api_keys,
         admin::revoke_api_key,

@@ -125,6 +125,11 @@ pub struct GrantView {
     pub subject: String,
     /// `active`, `reauthorization_required` or `revoked`.
     pub state: String,
+    pub client_id: String,
+    pub scope: String,
+    pub created_at: DateTime<Utc>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
 }
 
 impl From<TenantRecord> for TenantView {
@@ -148,7 +153,19 @@ impl From<TenantRecord> for TenantView {
             client: t.client.map(ClientView::from),
             credentials,
             discovery,
-            grants: Vec::new(),
+            grants: t
+                .grants
+                .into_iter()
+                .map(|g| GrantView {
+                    subject: g.subject,
+                    state: g.state,
+                    client_id: g.client_id,
+                    scope: g.scope,
+                    created_at: g.created_at,
+                    last_refresh_at: g.last_refresh_at,
+                    last_error: g.last_error,
+                })
+                .collect(),
             created_at: t.created_at,
             updated_at: t.updated_at,
             removed_at: t.removed_at,
@@ -298,12 +315,17 @@ pub struct ServiceTenantView {
 impl From<TenantRecord> for ServiceTenantView {
     fn from(t: TenantRecord) -> Self {
         let view = TenantView::from(t);
+        // client_credentials: a stored secret not known to be rejected; authorization_code:
+        // an active grant.
         let usable = view.status == "active"
-            && view
-                .client
-                .as_ref()
-                .is_some_and(|c| c.grant_type == "client_credentials" && c.has_secret)
-            && view.credentials.state != "rejected";
+            && view.credentials.state != "rejected"
+            && view.client.as_ref().is_some_and(|c| {
+                if c.grant_type == "client_credentials" {
+                    c.has_secret
+                } else {
+                    view.grants.iter().any(|g| g.state == "active")
+                }
+            });
         Self {
             provet_id: view.provet_id,
             status: view.status,
@@ -353,4 +375,21 @@ pub struct TokenResponse {
     pub expires_at: DateTime<Utc>,
     pub scope: String,
     pub provet_id: i64,
+}
+
+/// `POST /v1/tenants/{provet_id}/authorizations`; both fields optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartAuthorization {
+    /// Where to send the browser once connected; must start with one of
+    /// `oauth.allowed_return_to`.
+    pub return_to: Option<String>,
+    /// Default `openid restapi` for OpenID Connect clients, else `restapi`.
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorizationCreated {
+    pub authorize_url: String,
+    pub expires_at: DateTime<Utc>,
 }

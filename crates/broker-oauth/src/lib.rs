@@ -3,6 +3,7 @@
 //! and bodies read with a size cap.
 
 pub mod discovery;
+pub mod id_token;
 pub mod token;
 
 use std::sync::Arc;

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::basic::{BasicErrorResponseType, BasicTokenType};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RequestTokenError, Scope,
+    AuthType, AuthorizationCode, ClientId, ClientSecret, ExtraTokenFields, HttpRequest,
+    HttpResponse, PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, StandardTokenResponse,
     TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -44,8 +45,21 @@ pub struct TokenClient<'a> {
     pub auth: ClientAuth,
 }
 
+/// The `id_token` an OpenID Connect provider adds to a token response.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl ExtraTokenFields for IdTokenField {}
+
+type OidcTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
 /// A token the provider issued.
 pub struct IssuedToken {
+    /// The ID token, unverified, when the scope had `openid`.
+    pub id_token: Option<String>,
     pub access_token: SecretString,
     pub token_type: String,
     /// `expires_in` as sent, if it was.
@@ -112,6 +126,27 @@ pub async fn client_credentials(
     issued(result)
 }
 
+/// `grant_type=authorization_code`, with the PKCE verifier.
+pub async fn exchange_code(
+    upstream: &Upstream,
+    client: &TokenClient<'_>,
+    code: &str,
+    verifier: &SecretString,
+    redirect_uri: &str,
+) -> Result<IssuedToken, TokenError> {
+    let oauth = oauth_client(upstream, client)?.set_redirect_uri(
+        RedirectUrl::new(redirect_uri.to_owned())
+            .map_err(|e| TokenError::Misconfigured(format!("redirect_uri: {e}")))?,
+    );
+    let http = Http(upstream.clone());
+    let result = oauth
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
+        .request_async(&http)
+        .await;
+    issued(result)
+}
+
 /// `grant_type=refresh_token`.
 pub async fn refresh(
     upstream: &Upstream,
@@ -132,7 +167,7 @@ pub async fn refresh(
 
 type Client = oauth2::Client<
     oauth2::basic::BasicErrorResponse,
-    BasicTokenResponse,
+    OidcTokenResponse,
     oauth2::basic::BasicTokenIntrospectionResponse,
     oauth2::StandardRevocableToken,
     oauth2::basic::BasicRevocationErrorResponse,
@@ -149,12 +184,18 @@ fn oauth_client(upstream: &Upstream, client: &TokenClient<'_>) -> Result<Client,
         .map_err(|e| TokenError::Misconfigured(format!("token_url: {e}")))?;
     let token_url = TokenUrl::new(client.token_url.to_owned())
         .map_err(|e| TokenError::Misconfigured(format!("token_url: {e}")))?;
-    let mut oauth = BasicClient::new(ClientId::new(client.client_id.to_owned()))
-        .set_token_uri(token_url)
-        .set_auth_type(match client.auth {
-            ClientAuth::Basic => AuthType::BasicAuth,
-            ClientAuth::Post => AuthType::RequestBody,
-        });
+    let mut oauth = oauth2::Client::<
+        oauth2::basic::BasicErrorResponse,
+        OidcTokenResponse,
+        oauth2::basic::BasicTokenIntrospectionResponse,
+        oauth2::StandardRevocableToken,
+        oauth2::basic::BasicRevocationErrorResponse,
+    >::new(ClientId::new(client.client_id.to_owned()))
+    .set_token_uri(token_url)
+    .set_auth_type(match client.auth {
+        ClientAuth::Basic => AuthType::BasicAuth,
+        ClientAuth::Post => AuthType::RequestBody,
+    });
     if let Some(secret) = client.client_secret {
         oauth = oauth.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
@@ -212,12 +253,13 @@ async fn exchange(
 
 fn issued(
     result: Result<
-        BasicTokenResponse,
+        OidcTokenResponse,
         RequestTokenError<UpstreamError, oauth2::basic::BasicErrorResponse>,
     >,
 ) -> Result<IssuedToken, TokenError> {
     match result {
         Ok(token) => Ok(IssuedToken {
+            id_token: token.extra_fields().id_token.clone(),
             access_token: SecretString::from(token.access_token().secret().to_owned()),
             // The crate reports `bearer`; callers put it in an Authorization header as `Bearer`.
             token_type: match token.token_type().as_ref() {
@@ -283,4 +325,60 @@ pub fn jwt_expiry(token: &str) -> Option<u64> {
     jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token)
         .ok()
         .map(|c| c.exp)
+}
+
+/// Revokes a refresh token at the provider's revocation endpoint (RFC 7009), with the same
+/// client authentication as token requests.
+pub async fn revoke(
+    upstream: &Upstream,
+    revocation_url: &str,
+    client: &TokenClient<'_>,
+    refresh_token: &SecretString,
+) -> Result<(), TokenError> {
+    let url = upstream
+        .check(revocation_url)
+        .map_err(|e| TokenError::Misconfigured(format!("revocation_endpoint: {e}")))?;
+    let mut form = vec![
+        ("token", refresh_token.expose_secret().to_owned()),
+        ("token_type_hint", "refresh_token".to_owned()),
+    ];
+    let mut request = upstream.http().post(url.clone());
+    match (client.auth, client.client_secret) {
+        (ClientAuth::Basic, Some(secret)) => {
+            let id: String =
+                url::form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
+            let secret: String =
+                url::form_urlencoded::byte_serialize(secret.expose_secret().as_bytes()).collect();
+            request = request.basic_auth(id, Some(secret));
+        }
+        (_, secret) => {
+            form.push(("client_id", client.client_id.to_owned()));
+            if let Some(secret) = secret {
+                form.push(("client_secret", secret.expose_secret().to_owned()));
+            }
+        }
+    }
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let response = upstream
+        .send_raw(
+            &url,
+            request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+        .await
+        .map_err(|e| TokenError::Unavailable {
+            reason: e.to_string(),
+            retry_after: None,
+        })?;
+    if response.status.is_success() {
+        Ok(())
+    } else {
+        Err(TokenError::Rejected {
+            code: format!("HTTP {}", response.status.as_u16()),
+            description: None,
+        })
+    }
 }

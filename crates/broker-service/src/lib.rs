@@ -2,6 +2,7 @@
 //! store. Nothing here knows about HTTP.
 
 pub mod api_keys;
+pub mod authorizations;
 pub mod clock;
 pub mod discovery;
 pub mod hookup;
@@ -31,6 +32,7 @@ pub struct Broker {
     pub discovery: Arc<discovery::Discovery>,
     pub tokens: Arc<tokens::TokenCache>,
     pub api_key_cache: Arc<api_keys::ApiKeyCache>,
+    pub oauth: Arc<authorizations::OAuthSettings>,
     /// Background work started by requests (credential checks); joined on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
 }

@@ -42,6 +42,9 @@ pub struct ServedLabels {
 
 pub struct Metrics {
     registry: Registry,
+    pub authorizations: Family<OutcomeLabels, Counter>,
+    pub refreshes: Family<OutcomeLabels, Counter>,
+    pub grants: Family<StateLabels, Gauge>,
     pub tokens_served: Family<ServedLabels, Counter>,
     pub upstream_token_requests: Family<OutcomeLabels, Counter>,
     pub upstream_token_duration: Histogram,
@@ -129,8 +132,25 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             token_lock_wait.clone(),
         );
+        let authorizations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "authorizations",
+            "Authorization-code connections by outcome (started, completed, failed)",
+            authorizations.clone(),
+        );
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "refreshes",
+            "Refresh-token grants sent to providers, by outcome (ok, retried, invalid_grant, rejected, unavailable)",
+            refreshes.clone(),
+        );
+        let grants = Family::<StateLabels, Gauge>::default();
+        registry.register("grants", "Grants by state", grants.clone());
         Self {
             registry,
+            authorizations,
+            refreshes,
+            grants,
             tokens_served,
             upstream_token_requests,
             upstream_token_duration,
@@ -190,6 +210,22 @@ impl Metrics {
 
     pub fn token_lock_wait(&self, took: std::time::Duration) {
         self.token_lock_wait.observe(took.as_secs_f64());
+    }
+
+    pub fn authorization(&self, outcome: &str) {
+        self.authorizations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refresh(&self, outcome: &str) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -142,6 +142,19 @@ struct Cached {
     validated_at: Instant,
 }
 
+enum RefreshFailure {
+    /// The grant cannot be used any more: a clinic user must connect again.
+    GrantLost(String),
+    Token(TokenError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RefreshFailure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Backoff {
     until: Instant,
@@ -178,7 +191,7 @@ fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-fn normalise_scope(scope: Option<&str>) -> Result<String, TokenBrokerError> {
+pub(crate) fn normalise_scope(scope: Option<&str>) -> Result<String, TokenBrokerError> {
     let scope = scope.unwrap_or("restapi");
     let mut parts: Vec<&str> = scope.split_whitespace().collect();
     if parts.is_empty() || scope.len() > 255 {
@@ -312,10 +325,10 @@ impl Broker {
                 return Err(TokenBrokerError::TenantNotFound(provet_id));
             }
         };
-        if client.grant_type != "client_credentials" {
-            return Err(TokenBrokerError::ReauthorizationRequired(format!(
-                "tenant {provet_id} uses the authorization_code grant and no clinic user has connected it yet"
-            )));
+        if client.grant_type == "authorization_code" {
+            return self
+                .fetch_grant(mkey, &client, min_ttl, force, arrived)
+                .await;
         }
         let now = self.now();
         if !ignore_cooldown
@@ -388,7 +401,7 @@ impl Broker {
         match result {
             Ok(issued) => {
                 let token = StoredToken {
-                    expires_at: now + to_chrono(self.lifetime(&issued)),
+                    expires_at: now + to_chrono(self.lifetime_of(&issued)),
                     obtained_at: now,
                     token_type: issued.token_type,
                     access_token: issued.access_token,
@@ -408,6 +421,273 @@ impl Broker {
                 lock.release().await?;
                 self.token_failed(&client, &key, stored.as_ref(), min_ttl, e, now)
                     .await
+            }
+        }
+    }
+
+    /// The slow path for an authorization-code tenant: the grant's cached access token, or a
+    /// refresh. The refresh is single-flight per grant (this process's flight, then the
+    /// database lock across replicas), re-reads the grant under the lock (another replica may
+    /// have rotated its refresh token), and commits the rotated refresh token with the new
+    /// access token before anyone gets it.
+    async fn fetch_grant(
+        &self,
+        mkey: &MemoryKey,
+        client: &TokenClientRecord,
+        min_ttl: chrono::Duration,
+        force: bool,
+        arrived: DateTime<Utc>,
+    ) -> Result<BrokeredToken, TokenBrokerError> {
+        let provet_id = client.provet_id;
+        let requested = (!mkey.subject.is_empty()).then_some(mkey.subject.as_str());
+        let reconnect = |detail: &str| {
+            TokenBrokerError::ReauthorizationRequired(format!(
+                "tenant {provet_id}: {detail}; a clinic user must connect again (POST /v1/tenants/{provet_id}/authorizations)"
+            ))
+        };
+        let Some(grant) = self
+            .store
+            .grant(provet_id, &client.client_id, requested)
+            .await?
+        else {
+            return Err(reconnect(match requested {
+                Some(_) => "no grant with this subject",
+                None => "no clinic user has connected yet",
+            }));
+        };
+        if grant.state != "active" {
+            return Err(reconnect(&format!(
+                "the grant is {}{}",
+                grant.state,
+                grant
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )));
+        }
+        // Tokens are kept under the grant's own scope; a caller may ask for less.
+        let granted: Vec<&str> = grant.scope.split(' ').collect();
+        if let Some(missing) = mkey.scope.split(' ').find(|s| !granted.contains(s)) {
+            return Err(TokenBrokerError::InvalidRequest(format!(
+                "scope `{missing}` was not granted (the grant has `{}`)",
+                grant.scope
+            )));
+        }
+        let key = TokenKey {
+            provet_id,
+            client_id: client.client_id.clone(),
+            scope: grant.scope.clone(),
+            subject: grant.subject.clone(),
+        };
+        let fresh = |token: &StoredToken, now| {
+            token.obtained_at >= arrived || (!force && self.usable(token, min_ttl, now))
+        };
+        let stored = self.store.load_token(&key).await?;
+        if let Some(token) = &stored
+            && fresh(token, self.now())
+        {
+            self.remember(mkey, &key, token);
+            return Ok(self.answer(&key, token, Source::Database));
+        }
+        if let Some(wait) = self.backing_off(provet_id) {
+            return self.serve_stale_or(
+                &key,
+                stored.as_ref(),
+                min_ttl,
+                TokenBrokerError::Unavailable {
+                    reason: "the provider failed recently; backing off".into(),
+                    retry_after: wait,
+                },
+            );
+        }
+        let lock_started = Instant::now();
+        let settings = &self.tokens().settings;
+        let lock = match self
+            .store
+            .lock_token(&key, settings.timeout * 4 + Duration::from_secs(5))
+            .await
+        {
+            Ok(lock) => lock,
+            Err(StoreError::LockTimeout(reason)) => {
+                return Err(TokenBrokerError::Unavailable {
+                    reason: format!("another replica is still refreshing this grant ({reason})"),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.metrics.token_lock_wait(lock_started.elapsed());
+        let stored = self.store.load_token(&key).await?;
+        if let Some(token) = &stored
+            && fresh(token, self.now())
+        {
+            lock.release().await?;
+            self.remember(mkey, &key, token);
+            return Ok(self.answer(&key, token, Source::Database));
+        }
+        let result = self.refresh_grant_locked(client, &key).await;
+        // Whatever happened is committed; now the next replica may go.
+        lock.release().await?;
+        match result {
+            Ok(token) => {
+                self.remember(mkey, &key, &token);
+                self.tokens().backoff.remove(&provet_id);
+                Ok(self.answer(&key, &token, Source::Provider))
+            }
+            Err(RefreshFailure::GrantLost(detail)) => {
+                self.tokens().forget(provet_id);
+                Err(reconnect(&detail))
+            }
+            Err(RefreshFailure::Token(e)) => {
+                self.token_failed(client, &key, stored.as_ref(), min_ttl, e, self.now())
+                    .await
+            }
+            Err(RefreshFailure::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Refreshes under the lock: the grant is read again here, and on `invalid_grant` it is
+    /// read once more, in case another replica rotated it in between; only a second refusal
+    /// marks it `reauthorization_required`.
+    async fn refresh_grant_locked(
+        &self,
+        client: &TokenClientRecord,
+        key: &TokenKey,
+    ) -> Result<StoredToken, RefreshFailure> {
+        use secrecy::ExposeSecret;
+        let mut retried = false;
+        loop {
+            let grant = self
+                .store
+                .grant(key.provet_id, &key.client_id, Some(&key.subject))
+                .await?
+                .filter(|g| g.state == "active")
+                .ok_or_else(|| RefreshFailure::GrantLost("the grant is no longer active".into()))?;
+            let Some(refresh_token) = grant.refresh_token.clone() else {
+                return Err(RefreshFailure::GrantLost(
+                    "the provider gave no refresh token".into(),
+                ));
+            };
+            let started = Instant::now();
+            let result = oauth::refresh(
+                &self.tokens().upstream,
+                &crate::authorizations::token_client(client),
+                &refresh_token,
+                &grant.scope,
+            )
+            .await;
+            let now = self.now();
+            match result {
+                Ok(issued) => {
+                    self.metrics.upstream_token_request("ok", started.elapsed());
+                    self.metrics.refresh(if retried { "retried" } else { "ok" });
+                    let token = StoredToken {
+                        expires_at: now + to_chrono(self.lifetime_of(&issued)),
+                        obtained_at: now,
+                        token_type: issued.token_type.clone(),
+                        access_token: issued.access_token.clone(),
+                    };
+                    // The rotated refresh token and the new access token, in one
+                    // transaction, before anyone gets the token.
+                    self.store
+                        .save_grant(
+                            (&key.provet_id, &key.client_id, &key.subject),
+                            issued.refresh_token.as_ref(),
+                            &grant.scope,
+                            key,
+                            &token,
+                            now,
+                        )
+                        .await?;
+                    tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
+                    return Ok(token);
+                }
+                Err(e) if e.is_invalid_grant() => {
+                    self.metrics
+                        .upstream_token_request("rejected", started.elapsed());
+                    let current = self
+                        .store
+                        .grant(key.provet_id, &key.client_id, Some(&key.subject))
+                        .await?;
+                    let rotated = current
+                        .as_ref()
+                        .and_then(|g| g.refresh_token.as_ref())
+                        .is_some_and(|t| t.expose_secret() != refresh_token.expose_secret());
+                    if rotated && !retried {
+                        retried = true;
+                        tracing::warn!(
+                            provet_id = key.provet_id,
+                            "invalid_grant with a refresh token rotated meanwhile; retrying with the newer one"
+                        );
+                        continue;
+                    }
+                    self.metrics.refresh("invalid_grant");
+                    let detail = format!("the provider answered {e}");
+                    self.store
+                        .set_grant_state(
+                            key.provet_id,
+                            &key.client_id,
+                            &key.subject,
+                            "reauthorization_required",
+                            Some(&detail),
+                            now,
+                        )
+                        .await?;
+                    tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
+                    return Err(RefreshFailure::GrantLost(detail));
+                }
+                Err(e) => {
+                    let outcome = match &e {
+                        TokenError::Rejected { .. } => "rejected",
+                        TokenError::Unavailable { .. } => "unavailable",
+                        TokenError::Misconfigured(_) => "misconfigured",
+                    };
+                    self.metrics
+                        .upstream_token_request(outcome, started.elapsed());
+                    self.metrics.refresh(outcome);
+                    return Err(RefreshFailure::Token(e));
+                }
+            }
+        }
+    }
+
+    /// Refreshes every active grant not refreshed for `keepalive_after`, so that refresh
+    /// tokens (which die after 30 days unused) never expire on an idle clinic.
+    pub async fn keep_grants_alive(&self) -> Result<usize, StoreError> {
+        let before = self.now() - to_chrono(self.oauth.keepalive_after);
+        let stale = self.store.stale_grants(before, 500).await?;
+        let mut refreshed = 0;
+        for (provet_id, subject) in stale {
+            let request = TokenRequest {
+                scope: None,
+                min_ttl: Some(0),
+                force_refresh: true,
+                subject: Some(subject.clone()),
+            };
+            match self.token(provet_id, &request).await {
+                Ok(_) => refreshed += 1,
+                Err(e) => {
+                    tracing::warn!(provet_id, subject, error = %e, "keep-alive refresh failed")
+                }
+            }
+        }
+        Ok(refreshed)
+    }
+
+    /// Runs the keep-alive every `keepalive_interval` until `stop`.
+    pub async fn run_keepalive(self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.oauth.keepalive_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match self.keep_grants_alive().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(refreshed = n, "keep-alive refreshed idle grants"),
+                Err(e) => tracing::warn!(error = %e, "keep-alive could not list grants"),
             }
         }
     }
@@ -449,7 +729,7 @@ impl Broker {
     }
 
     /// `expires_in`; else a JWT's `exp`; else the configured default. Never zero.
-    fn lifetime(&self, issued: &oauth::IssuedToken) -> Duration {
+    pub(crate) fn lifetime_of(&self, issued: &oauth::IssuedToken) -> Duration {
         use secrecy::ExposeSecret;
         let from_jwt = || {
             oauth::jwt_expiry(issued.access_token.expose_secret()).and_then(|exp| {

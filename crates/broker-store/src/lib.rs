@@ -4,6 +4,7 @@
 pub mod crypto;
 mod discovery_repo;
 mod entity;
+mod grant_repo;
 mod records;
 mod repo;
 mod token_repo;

@@ -33,6 +33,19 @@ pub struct TenantRecord {
     pub client: Option<ClientRecord>,
     /// Present while the tenant has a discovery URL.
     pub discovery: Option<DiscoveryRecord>,
+    pub grants: Vec<GrantSummary>,
+}
+
+/// A grant as the admin view shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantSummary {
+    pub client_id: String,
+    pub subject: String,
+    pub scope: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
 }
 
 /// A tenant's OAuth client, without its secret.
@@ -186,6 +199,59 @@ pub struct TokenClientRecord {
     pub token_url: String,
     pub credentials_state: String,
     pub credentials_checked_at: Option<DateTime<Utc>>,
+    pub authorize_url: String,
+    pub redirect_uris: Vec<String>,
+    pub algorithm: Option<String>,
     /// From discovery: the token endpoint's advertised client authentication methods.
     pub auth_methods: Vec<String>,
+    /// From discovery, when it succeeded.
+    pub issuer: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub discovery_state: Option<String>,
+}
+
+/// A new authorization to remember until its callback.
+pub struct NewAuthorization<'a> {
+    pub state_hash: &'a str,
+    pub provet_id: i64,
+    pub client_id: &'a str,
+    pub pkce_verifier: &'a secrecy::SecretString,
+    pub nonce: Option<&'a str>,
+    pub scope: &'a str,
+    pub redirect_uri: &'a str,
+    pub return_to: Option<&'a str>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A started authorization, taken once by its callback.
+pub struct AuthorizationRecord {
+    pub provet_id: i64,
+    pub client_id: String,
+    pub pkce_verifier: secrecy::SecretString,
+    pub nonce: Option<String>,
+    pub scope: String,
+    pub redirect_uri: String,
+    pub return_to: Option<String>,
+}
+
+/// What taking a `state` found.
+pub enum TakenAuthorization {
+    Taken(AuthorizationRecord),
+    Unknown,
+    Expired,
+    AlreadyUsed,
+}
+
+/// A grant, with its refresh token opened when asked for.
+#[derive(Clone)]
+pub struct GrantRecord {
+    pub provet_id: i64,
+    pub client_id: String,
+    pub subject: String,
+    pub refresh_token: Option<secrecy::SecretString>,
+    pub scope: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
 }

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::MutexGuard;
 
-use crate::entity::{api_key, client, department, hookup_delivery, setting, tenant, token};
+use crate::entity::{api_key, client, department, grant, hookup_delivery, setting, tenant, token};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
@@ -136,9 +136,23 @@ impl Store {
 
         if client_changed {
             self.store_client(tx, current, msg, now).await?;
-            // Tokens of the old credentials are of no use any more.
+            // Tokens of the old credentials are of no use any more, nor are grants of a
+            // client that is no longer the tenant's.
             token::Entity::delete_many()
                 .filter(token::Column::ProvetId.eq(provet_id))
+                .exec(tx)
+                .await?;
+            grant::Entity::update_many()
+                .col_expr(grant::Column::State, "revoked".into())
+                .col_expr(grant::Column::RefreshToken, Option::<String>::None.into())
+                .col_expr(
+                    grant::Column::LastError,
+                    Some("the tenant's client was replaced by a new hookup".to_owned()).into(),
+                )
+                .col_expr(grant::Column::UpdatedAt, now.into())
+                .filter(grant::Column::ProvetId.eq(provet_id))
+                .filter(grant::Column::ClientId.ne(msg.client_id.as_str()))
+                .filter(grant::Column::State.ne("revoked"))
                 .exec(tx)
                 .await?;
         }
@@ -272,6 +286,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let errors = serde_json::to_string(errors).unwrap_or_default();
+        let _writer = self.sqlite_write_lock().await;
         hookup_delivery::ActiveModel {
             id: NotSet,
             provet_id: Set(provet_id),
@@ -346,9 +361,30 @@ impl Store {
         let discoveries = self
             .discoveries(tenants.iter().map(|t| t.provet_id).collect())
             .await?;
+        let grants = grant::Entity::find()
+            .filter(
+                grant::Column::ProvetId
+                    .is_in(tenants.iter().map(|t| t.provet_id).collect::<Vec<_>>()),
+            )
+            .order_by_desc(grant::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
         Ok(tenants
             .into_iter()
             .map(|t| TenantRecord {
+                grants: grants
+                    .iter()
+                    .filter(|g| g.provet_id == t.provet_id)
+                    .map(|g| GrantSummary {
+                        client_id: g.client_id.clone(),
+                        subject: g.subject.clone(),
+                        scope: g.scope.clone(),
+                        state: g.state.clone(),
+                        created_at: g.created_at,
+                        last_refresh_at: g.last_refresh_at,
+                        last_error: g.last_error.clone(),
+                    })
+                    .collect(),
                 discovery: discoveries
                     .iter()
                     .find(|d| d.provet_id == t.provet_id)
@@ -419,6 +455,17 @@ impl Store {
             .filter(token::Column::ProvetId.eq(provet_id))
             .exec(&w.tx)
             .await?;
+        grant::Entity::update_many()
+            .col_expr(grant::Column::State, "revoked".into())
+            .col_expr(grant::Column::RefreshToken, Option::<String>::None.into())
+            .col_expr(
+                grant::Column::LastError,
+                Some("the tenant removed the integration".to_owned()).into(),
+            )
+            .col_expr(grant::Column::UpdatedAt, now.into())
+            .filter(grant::Column::ProvetId.eq(provet_id))
+            .exec(&w.tx)
+            .await?;
         if t.status != "removed" {
             let mut t = t.into_active_model();
             t.status = Set("removed".into());
@@ -460,6 +507,7 @@ impl Store {
         key_prefix: &str,
         now: DateTime<Utc>,
     ) -> Result<ApiKeyRecord> {
+        let _writer = self.sqlite_write_lock().await;
         let row = api_key::ActiveModel {
             id: NotSet,
             name: Set(name.into()),
@@ -497,6 +545,7 @@ impl Store {
 
     /// Revokes by id; false when there is no such live key.
     pub async fn revoke_api_key(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let _writer = self.sqlite_write_lock().await;
         let result = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Some(now).into())
             .filter(api_key::Column::Id.eq(id))

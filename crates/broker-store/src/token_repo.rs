@@ -57,11 +57,13 @@ impl Store {
             )?),
             None => None,
         };
-        let auth_methods = discovery::Entity::find_by_id(provet_id)
+        let discovered = discovery::Entity::find_by_id(provet_id)
             .one(&self.db)
-            .await?
-            .and_then(|d| d.auth_methods)
-            .and_then(|m| serde_json::from_str(&m).ok())
+            .await?;
+        let auth_methods = discovered
+            .as_ref()
+            .and_then(|d| d.auth_methods.as_deref())
+            .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default();
         Ok(Some(TokenClientRecord {
             provet_id,
@@ -71,9 +73,17 @@ impl Store {
             client_type: c.client_type,
             grant_type: c.grant_type,
             token_url: c.token_url,
+            authorize_url: c.authorize_url,
+            redirect_uris: serde_json::from_str(&c.redirect_uris).unwrap_or_default(),
+            algorithm: c.algorithm,
             credentials_state: c.credentials_state,
             credentials_checked_at: c.credentials_checked_at,
             auth_methods,
+            issuer: discovered.as_ref().and_then(|d| d.issuer.clone()),
+            revocation_endpoint: discovered
+                .as_ref()
+                .and_then(|d| d.revocation_endpoint.clone()),
+            discovery_state: discovered.map(|d| d.state),
         }))
     }
 
@@ -86,6 +96,7 @@ impl Store {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let _writer = self.sqlite_write_lock().await;
         client::Entity::update_many()
             .col_expr(client::Column::CredentialsState, state.into())
             .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())

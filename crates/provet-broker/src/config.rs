@@ -18,6 +18,7 @@ pub struct Settings {
     pub hookup: HookupSettings,
     pub discovery: DiscoverySettings,
     pub tokens: TokenSettings,
+    pub oauth: OAuthSettings,
     pub log: LogSettings,
 }
 
@@ -241,6 +242,51 @@ impl TokenSettings {
             revalidate_after: self.revalidate_after,
             max_backoff: self.max_backoff,
             verify_on_hookup: self.verify_on_hookup,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthSettings {
+    /// Prefixes a `return_to` must start with (e.g. "https://app.example.com/").
+    pub allowed_return_to: Vec<String>,
+    /// How long a started authorization waits for its callback.
+    #[serde(with = "humantime_serde")]
+    pub authorization_ttl: Duration,
+    /// Grants not refreshed for this long are refreshed in the background (Provet's refresh
+    /// tokens die after 30 days unused).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_after: Duration,
+    /// How often the keep-alive looks for such grants.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Clock skew tolerated on ID tokens' `exp` and `iat`.
+    #[serde(with = "humantime_serde")]
+    pub id_token_leeway: Duration,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            allowed_return_to: Vec::new(),
+            authorization_ttl: Duration::from_secs(600),
+            keepalive_after: Duration::from_secs(20 * 24 * 3600),
+            keepalive_interval: Duration::from_secs(3600),
+            id_token_leeway: Duration::from_secs(60),
+        }
+    }
+}
+
+impl OAuthSettings {
+    pub fn to_service(&self, public_url: &str) -> broker_service::authorizations::OAuthSettings {
+        broker_service::authorizations::OAuthSettings {
+            callback_url: format!("{}/oauth/callback", public_url.trim_end_matches('/')),
+            allowed_return_to: self.allowed_return_to.clone(),
+            authorization_ttl: self.authorization_ttl,
+            keepalive_after: self.keepalive_after,
+            keepalive_interval: self.keepalive_interval,
+            leeway: self.id_token_leeway,
         }
     }
 }

@@ -149,6 +149,7 @@ pub fn broker(
             token_upstream,
         )),
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
+        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)),
         tasks: TaskTracker::new(),
         store,
         policy,
@@ -237,6 +238,7 @@ impl Application {
         );
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        tasks.spawn(broker.clone().run_keepalive(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
         } else {

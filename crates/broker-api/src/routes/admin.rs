@@ -360,3 +360,28 @@ pub async fn verify_tenant(
         .ok_or(ApiError::TenantNotFound(id))?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }
+
+/// Revokes one grant: at the provider when it has a revocation endpoint, and here (the
+/// refresh token and cached tokens are wiped).
+#[utoipa::path(
+    delete,
+    path = "/admin/tenants/{provet_id}/grants/{subject}",
+    tag = "admin",
+    params(("provet_id" = i64, Path), ("subject" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn revoke_grant(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (id, subject) = path.into_inner();
+    let id = provet_id(&id)?;
+    if state.broker.revoke_grant(id, &subject).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

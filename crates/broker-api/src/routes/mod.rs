@@ -1,4 +1,5 @@
 pub mod admin;
 pub mod hookup;
+pub mod oauth;
 pub mod ops;
 pub mod service;

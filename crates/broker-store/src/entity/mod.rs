@@ -1,9 +1,11 @@
 //! sea-orm entities, one per table; the schema itself lives in the `migrations` crate.
 
 pub mod api_key;
+pub mod authorization;
 pub mod client;
 pub mod department;
 pub mod discovery;
+pub mod grant;
 pub mod hookup_delivery;
 pub mod setting;
 pub mod tenant;

@@ -1,0 +1,324 @@
+//! Authorizations in flight and the grants they produce. A refresh stores the rotated
+//! refresh token and the new access token in one transaction.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::entity::{authorization, grant, token};
+use crate::records::*;
+use crate::{Result, Store};
+
+fn verifier_aad(state_hash: &str) -> String {
+    format!("authorizations.pkce_verifier:{state_hash}")
+}
+
+pub(crate) fn refresh_aad(provet_id: i64, client_id: &str, subject: &str) -> String {
+    format!("grants.refresh_token:{provet_id}:{client_id}:{subject}")
+}
+
+fn token_aad(key: &TokenKey) -> String {
+    format!(
+        "tokens.access_token:{}:{}:{}:{}",
+        key.provet_id, key.client_id, key.scope, key.subject
+    )
+}
+
+impl Store {
+    pub async fn create_authorization(
+        &self,
+        a: NewAuthorization<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let row = authorization::ActiveModel {
+            state_hash: Set(a.state_hash.to_owned()),
+            provet_id: Set(a.provet_id),
+            client_id: Set(a.client_id.to_owned()),
+            pkce_verifier: Set(self
+                .keyring
+                .seal(&verifier_aad(a.state_hash), a.pkce_verifier.expose_secret())),
+            nonce: Set(a.nonce.map(str::to_owned)),
+            scope: Set(a.scope.to_owned()),
+            redirect_uri: Set(a.redirect_uri.to_owned()),
+            return_to: Set(a.return_to.map(str::to_owned)),
+            created_at: Set(now),
+            expires_at: Set(a.expires_at),
+            used_at: Set(None),
+        };
+        let _writer = self.sqlite_write_lock().await;
+        authorization::Entity::insert(row)
+            .exec_without_returning(&self.db)
+            .await?;
+        // Old, finished or expired authorizations are of no further use.
+        authorization::Entity::delete_many()
+            .filter(authorization::Column::ExpiresAt.lt(now - chrono::Duration::days(1)))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the state used (once, on any replica) and returns what it was for.
+    pub async fn take_authorization(
+        &self,
+        state_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TakenAuthorization> {
+        let taken = {
+            let _writer = self.sqlite_write_lock().await;
+            authorization::Entity::update_many()
+                .col_expr(authorization::Column::UsedAt, Some(now).into())
+                .filter(authorization::Column::StateHash.eq(state_hash))
+                .filter(authorization::Column::UsedAt.is_null())
+                .filter(authorization::Column::ExpiresAt.gt(now))
+                .exec(&self.db)
+                .await?
+                .rows_affected
+                == 1
+        };
+        let Some(row) = authorization::Entity::find_by_id(state_hash.to_owned())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(TakenAuthorization::Unknown);
+        };
+        if !taken {
+            return Ok(if row.expires_at <= now && row.used_at.is_none() {
+                TakenAuthorization::Expired
+            } else {
+                TakenAuthorization::AlreadyUsed
+            });
+        }
+        // The verifier is needed once; wipe it now.
+        let verifier = self
+            .keyring
+            .open(&verifier_aad(state_hash), &row.pkce_verifier)?;
+        authorization::Entity::update_many()
+            .col_expr(authorization::Column::PkceVerifier, String::new().into())
+            .filter(authorization::Column::StateHash.eq(state_hash))
+            .exec(&self.db)
+            .await?;
+        Ok(TakenAuthorization::Taken(AuthorizationRecord {
+            provet_id: row.provet_id,
+            client_id: row.client_id,
+            pkce_verifier: verifier,
+            nonce: row.nonce,
+            scope: row.scope,
+            redirect_uri: row.redirect_uri,
+            return_to: row.return_to,
+        }))
+    }
+
+    /// Stores a grant's new refresh token (when one came) and its new access token in one
+    /// transaction, so that a rotated refresh token is never lost.
+    pub async fn save_grant(
+        &self,
+        grant_key: (&i64, &str, &str),
+        refresh_token: Option<&SecretString>,
+        scope: &str,
+        token_key: &TokenKey,
+        access: &StoredToken,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (provet_id, client_id, subject) = (*grant_key.0, grant_key.1, grant_key.2);
+        let sealed = refresh_token.map(|r| {
+            self.keyring.seal(
+                &refresh_aad(provet_id, client_id, subject),
+                r.expose_secret(),
+            )
+        });
+        let _writer = self.sqlite_write_lock().await;
+        let tx = self.db.begin().await?;
+        let mut update = vec![
+            grant::Column::Scope,
+            grant::Column::State,
+            grant::Column::UpdatedAt,
+            grant::Column::LastRefreshAt,
+            grant::Column::LastError,
+        ];
+        if sealed.is_some() {
+            update.push(grant::Column::RefreshToken);
+        }
+        grant::Entity::insert(grant::ActiveModel {
+            provet_id: Set(provet_id),
+            client_id: Set(client_id.to_owned()),
+            subject: Set(subject.to_owned()),
+            refresh_token: Set(sealed),
+            scope: Set(scope.to_owned()),
+            state: Set("active".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            last_refresh_at: Set(Some(now)),
+            last_error: Set(None),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                grant::Column::ProvetId,
+                grant::Column::ClientId,
+                grant::Column::Subject,
+            ])
+            .update_columns(update)
+            .to_owned(),
+        )
+        .exec_without_returning(&tx)
+        .await?;
+        token::Entity::insert(token::ActiveModel {
+            provet_id: Set(token_key.provet_id),
+            client_id: Set(token_key.client_id.clone()),
+            scope: Set(token_key.scope.clone()),
+            subject: Set(token_key.subject.clone()),
+            access_token: Set(self
+                .keyring
+                .seal(&token_aad(token_key), access.access_token.expose_secret())),
+            token_type: Set(access.token_type.clone()),
+            expires_at: Set(access.expires_at),
+            obtained_at: Set(access.obtained_at),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                token::Column::ProvetId,
+                token::Column::ClientId,
+                token::Column::Scope,
+                token::Column::Subject,
+            ])
+            .update_columns([
+                token::Column::AccessToken,
+                token::Column::TokenType,
+                token::Column::ExpiresAt,
+                token::Column::ObtainedAt,
+            ])
+            .to_owned(),
+        )
+        .exec_without_returning(&tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One grant: `subject`'s, or the tenant's most recent (preferring active ones).
+    pub async fn grant(
+        &self,
+        provet_id: i64,
+        client_id: &str,
+        subject: Option<&str>,
+    ) -> Result<Option<GrantRecord>> {
+        let mut q = grant::Entity::find()
+            .filter(grant::Column::ProvetId.eq(provet_id))
+            .filter(grant::Column::ClientId.eq(client_id));
+        q = match subject {
+            Some(s) => q.filter(grant::Column::Subject.eq(s)),
+            None => q.filter(grant::Column::State.eq("active")),
+        };
+        let mut row = q
+            .order_by_desc(grant::Column::CreatedAt)
+            .limit(1)
+            .one(&self.db)
+            .await?;
+        if row.is_none() && subject.is_none() {
+            row = grant::Entity::find()
+                .filter(grant::Column::ProvetId.eq(provet_id))
+                .filter(grant::Column::ClientId.eq(client_id))
+                .order_by_desc(grant::Column::CreatedAt)
+                .one(&self.db)
+                .await?;
+        }
+        row.map(|g| self.grant_record(g, true)).transpose()
+    }
+
+    fn grant_record(&self, g: grant::Model, open: bool) -> Result<GrantRecord> {
+        let refresh_token = match (&g.refresh_token, open) {
+            (Some(sealed), true) => Some(
+                self.keyring
+                    .open(&refresh_aad(g.provet_id, &g.client_id, &g.subject), sealed)?,
+            ),
+            _ => None,
+        };
+        Ok(GrantRecord {
+            provet_id: g.provet_id,
+            client_id: g.client_id,
+            subject: g.subject,
+            refresh_token,
+            scope: g.scope,
+            state: g.state,
+            created_at: g.created_at,
+            last_refresh_at: g.last_refresh_at,
+            last_error: g.last_error,
+        })
+    }
+
+    /// Every grant of the tenant's clients, without secrets, newest first.
+    pub async fn grants(&self, provet_id: i64) -> Result<Vec<GrantRecord>> {
+        grant::Entity::find()
+            .filter(grant::Column::ProvetId.eq(provet_id))
+            .order_by_desc(grant::Column::CreatedAt)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|g| self.grant_record(g, false))
+            .collect()
+    }
+
+    /// Marks a grant (e.g. `reauthorization_required` after `invalid_grant`, or `revoked`),
+    /// wiping its refresh token and tokens when it can no longer be used.
+    pub async fn set_grant_state(
+        &self,
+        provet_id: i64,
+        client_id: &str,
+        subject: &str,
+        state: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _writer = self.sqlite_write_lock().await;
+        let tx = self.db.begin().await?;
+        let mut update = grant::Entity::update_many()
+            .col_expr(grant::Column::State, state.into())
+            .col_expr(grant::Column::LastError, error.map(str::to_owned).into())
+            .col_expr(grant::Column::UpdatedAt, now.into());
+        if state != "active" {
+            update = update.col_expr(grant::Column::RefreshToken, Option::<String>::None.into());
+        }
+        let changed = update
+            .filter(grant::Column::ProvetId.eq(provet_id))
+            .filter(grant::Column::ClientId.eq(client_id))
+            .filter(grant::Column::Subject.eq(subject))
+            .exec(&tx)
+            .await?
+            .rows_affected;
+        if state != "active" {
+            token::Entity::delete_many()
+                .filter(token::Column::ProvetId.eq(provet_id))
+                .filter(token::Column::ClientId.eq(client_id))
+                .filter(token::Column::Subject.eq(subject))
+                .exec(&tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed == 1)
+    }
+
+    /// Active grants not refreshed since `before`: the keep-alive's work.
+    pub async fn stale_grants(
+        &self,
+        before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(grant::Entity::find()
+            .filter(grant::Column::State.eq("active"))
+            .filter(
+                Condition::any()
+                    .add(grant::Column::LastRefreshAt.lt(before))
+                    .add(grant::Column::LastRefreshAt.is_null()),
+            )
+            .order_by_asc(grant::Column::LastRefreshAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|g| (g.provet_id, g.subject))
+            .collect())
+    }
+}

@@ -464,6 +464,15 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -12,6 +12,7 @@ mod hookup;
 mod id_tokens;
 mod lifecycle;
 mod provider;
+mod reliability;
 mod secrets;
 mod token_faults;
 mod tokens;

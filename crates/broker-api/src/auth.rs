@@ -47,6 +47,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let peer = req.peer_addr().map(|a| a.ip());
         let key = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -58,15 +59,26 @@ impl FromRequest for Caller {
             .map(|k| k.trim().to_owned());
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
-            let key = key.ok_or(ApiError::Unauthorized(
-                "send an API key as `Authorization: Bearer <key>`",
-            ))?;
+            // An address that failed too often gets 429 for anything but a valid key, so
+            // that guessing costs time while services behind the same address keep working.
+            let failed = |reason| {
+                if let Some(ip) = peer {
+                    if let Some(wait) = state.auth_failures.blocked(ip) {
+                        return Err(ApiError::TooManyRequests(wait));
+                    }
+                    state.auth_failures.failed(ip);
+                }
+                Err(ApiError::Unauthorized(reason))
+            };
+            let Some(key) = key else {
+                return failed("send an API key as `Authorization: Bearer <key>`");
+            };
             match state.broker.authenticate(&key).await? {
                 Some(principal) => {
                     tracing::Span::current().record("api_key", principal.name.as_str());
                     Ok(Caller(principal))
                 }
-                None => Err(ApiError::Unauthorized("the API key is unknown or revoked")),
+                None => failed("the API key is unknown or revoked"),
             }
         })
     }

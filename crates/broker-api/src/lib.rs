@@ -2,6 +2,7 @@
 //! errors, request metrics and the OpenAPI document.
 
 pub mod auth;
+pub mod guard;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -22,6 +23,9 @@ use crate::problem::ApiError;
 /// What every handler gets: built once, shared by all workers.
 pub struct AppState {
     pub broker: Broker,
+    pub auth_failures: guard::AuthFailures,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Registers every route. The app must also wrap `observe` and use `not_found` as its
@@ -91,6 +95,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The answer for every unknown address (and for a wrong hookup secret).
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
+}
+
+/// Parses a JSON body after the caller's role was checked (an extractor would parse it
+/// first, and tell a caller without the role about the schema).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Parses an optional JSON body: empty means `T::default()`.
+pub fn parse_optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(body)
+    }
 }
 
 /// JSON body errors (bad JSON, wrong fields, too large) as problem+json.

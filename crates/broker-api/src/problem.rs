@@ -56,6 +56,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the database is unavailable")]
     Unavailable(String),
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    #[error("too many failed API-key attempts from this address; wait and retry")]
+    TooManyRequests(std::time::Duration),
     #[error("{0}")]
     ReauthorizationRequired(String),
     #[error("{0}")]
@@ -90,6 +94,8 @@ impl ApiError {
             Self::TooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
+            Self::TooManyRequests(_) => "too_many_requests",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal(_) => "internal",
             Self::ReauthorizationRequired(_) => "reauthorization_required",
             Self::Misconfigured(_) => "misconfigured",
@@ -124,6 +130,8 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ReauthorizationRequired(_) | Self::Misconfigured(_) => StatusCode::CONFLICT,
             Self::UpstreamRejected { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -167,6 +175,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            Self::TooManyRequests(wait) => {
+                response.insert_header((header::RETRY_AFTER, wait.as_secs().max(1).to_string()));
             }
             Self::UpstreamUnavailable { retry_after, .. } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

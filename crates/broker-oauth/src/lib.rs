@@ -4,6 +4,7 @@
 
 pub mod discovery;
 pub mod id_token;
+pub mod resolver;
 pub mod token;
 
 use std::sync::Arc;
@@ -84,6 +85,9 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(policy: Arc<UrlPolicy>, config: UpstreamConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver::GuardedResolver::new(Arc::new(
+                policy.allowlist.clone(),
+            ))))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)

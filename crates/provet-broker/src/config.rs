@@ -39,6 +39,17 @@ pub struct ServerSettings {
     /// one replica reaches the others within this time.
     #[serde(with = "humantime_serde")]
     pub api_key_cache_ttl: Duration,
+    /// After this many failed API-key attempts from one address within
+    /// `auth_failure_window`, that address gets 429 until the window ends.
+    pub auth_failure_limit: u32,
+    /// A client must send its request head within this time (slow clients are cut off).
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// A hookup body must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
 }
 
 impl Default for ServerSettings {
@@ -49,6 +60,10 @@ impl Default for ServerSettings {
             workers: 0,
             shutdown_timeout: Duration::from_secs(30),
             api_key_cache_ttl: Duration::from_secs(10),
+            auth_failure_limit: 20,
+            request_header_timeout: Duration::from_secs(5),
+            request_body_timeout: Duration::from_secs(10),
+            auth_failure_window: Duration::from_secs(60),
         }
     }
 }

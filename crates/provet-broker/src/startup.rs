@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
 use broker_api::AppState;
+use broker_api::guard::AuthFailures;
 use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::api_keys::ApiKeyCache;
@@ -215,6 +216,11 @@ impl Application {
         let address = listener.local_addr()?;
         let state = web::Data::new(AppState {
             broker: broker.clone(),
+            body_timeout: settings.server.request_body_timeout,
+            auth_failures: AuthFailures::new(
+                settings.server.auth_failure_limit,
+                settings.server.auth_failure_window,
+            ),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -226,6 +232,8 @@ impl Application {
                 .default_service(web::to(broker_api::not_found))
         })
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+        .client_request_timeout(settings.server.request_header_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .listen(listener)?;
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -214,10 +214,10 @@ pub async fn remove_tenant(
 pub async fn create_api_key(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<CreateApiKey>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body = body.into_inner();
+    let body: CreateApiKey = crate::parse_json(&body)?;
     let role: ApiKeyRole = body.role.parse().map_err(ApiError::InvalidRequest)?;
     let created = state
         .broker
@@ -318,9 +318,10 @@ pub async fn rerun_tenant_discovery(
 pub async fn rerun_discovery(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<RerunRequest>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    let body: RerunRequest = crate::parse_json(&body)?;
     let filter = match body.filter.as_str() {
         "failed" => RerunFilter::Failed,
         "stale" => state.broker.stale_filter(),

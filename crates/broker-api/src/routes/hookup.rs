@@ -54,15 +54,23 @@ pub async fn receive(
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::TooLarge(MAX_BODY));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::InvalidRequest(format!("the body could not be read: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(ApiError::TooLarge(MAX_BODY));
+    // A body that trickles in slowly is cut off: it would hold a connection open.
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::InvalidRequest(format!("the body could not be read: {e}"))
+            })?;
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(ApiError::TooLarge(MAX_BODY));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(state.body_timeout, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
     match state.broker.receive_hookup(&body).await {
         Ok(receipt) => Ok(HttpResponse::Ok().json(HookupReceiptView {
             provet_id: receipt.provet_id,

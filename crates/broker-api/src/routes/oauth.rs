@@ -47,12 +47,7 @@ pub async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: StartAuthorization = if body.iter().all(u8::is_ascii_whitespace) {
-        StartAuthorization::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?
-    };
+    let body: StartAuthorization = crate::parse_optional_json(&body)?;
     let started = state
         .broker
         .start_authorization(id, body.return_to, body.scope)

@@ -71,12 +71,7 @@ pub async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: TokenRequestBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenRequestBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?
-    };
+    let body: TokenRequestBody = crate::parse_optional_json(&body)?;
     let token = state
         .broker
         .token(

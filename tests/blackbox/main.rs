@@ -13,6 +13,7 @@ mod id_tokens;
 mod lifecycle;
 mod provider;
 mod reliability;
+mod secret_scan;
 mod secrets;
 mod token_faults;
 mod tokens;

@@ -465,6 +465,10 @@ impl Daemon {
 }
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(mut self) -> String {
         let _ = self.child.kill();

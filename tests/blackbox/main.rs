@@ -11,6 +11,7 @@ mod discovery_faults;
 mod hookup;
 mod id_tokens;
 mod lifecycle;
+mod pg_restart;
 mod provider;
 mod reliability;
 mod secret_scan;

@@ -444,3 +444,102 @@ async fn every_route_checks_its_role_and_guessing_is_throttled() {
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(daemon.get("/v1/tenants/9", Some(&token)).await.0, 200);
 }
+
+/// A replica killed while it holds a grant's refresh lock (waiting on a slow provider):
+/// another replica gets the lock within its bound, and the grant still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_refresh_lock_is_taken_over() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = MockServer::start().await;
+    let base = server.uri();
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(path("/5/token/"))
+        .and(wiremock::matchers::body_string_contains("grant_type=authorization_code"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-0", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-0", "scope": "restapi"
+        })))
+        .mount(&server)
+        .await;
+    // Refreshes are slow (the provider thinks for 3 s) and always rotate.
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(path("/5/token/"))
+        .and(wiremock::matchers::body_string_contains("grant_type=refresh_token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({
+                    "access_token": "at-n", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-n", "scope": "restapi"
+                }))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&server)
+        .await;
+    let mut config = DaemonConfig::new();
+    config.extra_env.extend([
+        (
+            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
+            r#"["127.0.0.1"]"#.to_owned(),
+        ),
+        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
+        ("BROKER_TOKENS__TIMEOUT".to_owned(), "5s".to_owned()),
+    ]);
+    let a = Daemon::start(&db, config.clone()).await;
+    let b = Daemon::start(&db, config).await;
+    let key = a.api_key("admin", &[]);
+    let message = json!({
+        "provet_id": 5, "client_id": "lock", "client_secret": "lock-secret", "algorithm": null,
+        "authorization_grant_type": "authorization-code", "client_type": "confidential",
+        "redirect_uris": "http://broker.test/oauth/callback",
+        "token_url": format!("{base}/5/token/"), "authorize_url": format!("{base}/5/authorize/"),
+        "openid_autodiscovery_url": null,
+    });
+    assert_eq!(a.hookup(&message).await.0, 200);
+    let (_, started) = a
+        .send(
+            reqwest::Method::POST,
+            "/v1/tenants/5/authorizations",
+            Some(&key),
+            None,
+        )
+        .await;
+    let state = url::Url::parse(started["authorize_url"].as_str().expect("url"))
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let (status, page, _) = crate::connect::deliver(
+        &a,
+        &format!("http://broker.test/oauth/callback?code=c&state={state}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+
+    // A starts a refresh and holds the lock while the provider thinks; then A dies.
+    let a = Arc::new(a);
+    let holder = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move {
+            crate::tokens::token(&a, &key, 5, Some(json!({"force_refresh": true}))).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &a.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = holder.await;
+    let started = Instant::now();
+    let (status, answer) =
+        crate::tokens::token(&b, &key, 5, Some(json!({"force_refresh": true}))).await;
+    assert_eq!(status, 200, "{answer}");
+    // The lock's bound is 4 x the upstream timeout + 5 s; the dead replica's lock went at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (status, again) =
+        crate::tokens::token(&b, &key, 5, Some(json!({"force_refresh": true}))).await;
+    assert_eq!(status, 200, "the grant still works: {again}");
+}

@@ -259,3 +259,61 @@ async fn the_lifetime_comes_from_the_jwt_when_expires_in_is_missing() {
     let expires_in = answer["expires_in"].as_i64().expect("expires_in");
     assert!((1225..=1234).contains(&expires_in), "{answer}");
 }
+
+/// A huge answer and a refused connection: 503, and another tenant is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_answers_and_refused_connections_stay_with_their_tenant() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let d = daemon(&db).await;
+    let key = d.api_key("token", &[]);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!(
+            r#"{{"access_token": "{}", "token_type": "Bearer"}}"#,
+            "x".repeat(4 * 1024 * 1024)
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/8/oauth2/token/"))
+        .respond_with(issued("healthy", 3600))
+        .mount(&server)
+        .await;
+    assert_eq!(d.hookup(&hookup(&server.uri(), false)).await.0, 200);
+    let (status, problem) = token(&d, &key, 7, None).await;
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("over"),
+        "{problem}"
+    );
+    // Tenant 8 on the same provider is fine.
+    let mut other = hookup(&server.uri(), false);
+    other["provet_id"] = json!(8);
+    other["token_url"] = json!(format!("{}/8/oauth2/token/", server.uri()));
+    assert_eq!(d.hookup(&other).await.0, 200);
+    assert_eq!(token(&d, &key, 8, None).await.1["access_token"], "healthy");
+    // Tenant 9's provider refuses connections.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut refused = hookup(&format!("http://127.0.0.1:{port}"), false);
+    refused["provet_id"] = json!(9);
+    refused["token_url"] = json!(format!("http://127.0.0.1:{port}/9/oauth2/token/"));
+    assert_eq!(d.hookup(&refused).await.0, 200);
+    let (status, problem) = token(&d, &key, 9, None).await;
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("could not connect"),
+        "{problem}"
+    );
+    assert_eq!(d.get("/healthz", None).await.0, 200);
+}

@@ -14,7 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::MutexGuard;
 
-use crate::entity::{api_key, client, department, grant, hookup_delivery, setting, tenant, token};
+use crate::entity::{
+    api_key, client, department, discovery, grant, hookup_delivery, setting, tenant, token,
+};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
@@ -319,24 +321,25 @@ impl Store {
         if let Some(after) = filter.after {
             q = q.filter(tenant::Column::ProvetId.gt(after));
         }
-        if filter.grant_type.is_some() || filter.discovery.is_some() {
+        if let Some(grant) = &filter.grant_type {
             let mut sub = Query::select();
             sub.column(client::Column::ProvetId)
                 .from(client::Entity)
-                .and_where(client::Column::IsCurrent.eq(true));
-            if let Some(grant) = &filter.grant_type {
-                sub.and_where(client::Column::GrantType.eq(grant.as_str()));
-            }
-            match filter.discovery.as_deref() {
-                Some("not_applicable") => {
-                    sub.and_where(client::Column::OpenidAutodiscoveryUrl.is_null());
-                }
-                Some(_) => {
-                    sub.and_where(client::Column::OpenidAutodiscoveryUrl.is_not_null());
-                }
-                None => {}
-            }
+                .and_where(client::Column::IsCurrent.eq(true))
+                .and_where(client::Column::GrantType.eq(grant.as_str()));
             q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
+        }
+        if let Some(state) = &filter.discovery {
+            // A tenant has a discovery row exactly while it has a discovery URL.
+            let mut sub = Query::select();
+            sub.column(discovery::Column::ProvetId)
+                .from(discovery::Entity);
+            if state == "not_applicable" {
+                q = q.filter(tenant::Column::ProvetId.not_in_subquery(sub.to_owned()));
+            } else {
+                sub.and_where(discovery::Column::State.eq(state.as_str()));
+                q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
+            }
         }
         let rows = q.limit(filter.limit).all(&self.db).await?;
         self.assemble(rows).await

@@ -11,21 +11,15 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::entity::{authorization, grant, token};
 use crate::records::*;
+use crate::token_repo::token_aad;
 use crate::{Result, Store};
 
-fn verifier_aad(state_hash: &str) -> String {
+pub(crate) fn verifier_aad(state_hash: &str) -> String {
     format!("authorizations.pkce_verifier:{state_hash}")
 }
 
 pub(crate) fn refresh_aad(provet_id: i64, client_id: &str, subject: &str) -> String {
     format!("grants.refresh_token:{provet_id}:{client_id}:{subject}")
-}
-
-fn token_aad(key: &TokenKey) -> String {
-    format!(
-        "tokens.access_token:{}:{}:{}:{}",
-        key.provet_id, key.client_id, key.scope, key.subject
-    )
 }
 
 impl Store {

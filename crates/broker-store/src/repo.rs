@@ -15,13 +15,14 @@ use serde_json::Value;
 use tokio::sync::MutexGuard;
 
 use crate::entity::{
-    api_key, client, department, discovery, grant, hookup_delivery, setting, tenant, token,
+    api_key, authorization, client, department, discovery, grant, hookup_delivery, setting, tenant,
+    token,
 };
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
 /// Associated data for a client secret: the row's natural identity.
-fn client_secret_aad(provet_id: i64, client_id: &str) -> String {
+pub(crate) fn client_secret_aad(provet_id: i64, client_id: &str) -> String {
     format!("clients.client_secret:{provet_id}:{client_id}")
 }
 
@@ -616,48 +617,127 @@ impl Store {
     /// it still holds the ciphertext that was read, so concurrent writers are never undone.
     pub async fn rekey(&self) -> Result<RekeyReport> {
         let mut report = RekeyReport::default();
-        let clients = client::Entity::find()
+        // Each row is rewritten only where it still holds the ciphertext read (a
+        // conditional update), so a concurrent writer is never undone.
+        for c in client::Entity::find()
             .filter(client::Column::ClientSecret.is_not_null())
             .all(&self.db)
-            .await?;
-        for c in clients {
+            .await?
+        {
             let Some(sealed) = c.client_secret else {
                 continue;
             };
-            if self.keyring.is_current(&sealed) {
-                report.already_current += 1;
+            let Some(new) = self.reseal(
+                &client_secret_aad(c.provet_id, &c.client_id),
+                &sealed,
+                &mut report,
+            )?
+            else {
                 continue;
-            }
-            let aad = client_secret_aad(c.provet_id, &c.client_id);
-            let resealed = self
-                .keyring
-                .seal(&aad, self.keyring.open(&aad, &sealed)?.expose_secret());
-            let result = client::Entity::update_many()
-                .col_expr(client::Column::ClientSecret, Some(resealed).into())
+            };
+            let _writer = self.sqlite_write_lock().await;
+            report.resealed += client::Entity::update_many()
+                .col_expr(client::Column::ClientSecret, Some(new).into())
                 .filter(client::Column::Id.eq(c.id))
                 .filter(client::Column::ClientSecret.eq(sealed))
                 .exec(&self.db)
-                .await?;
-            report.resealed += result.rows_affected;
+                .await?
+                .rows_affected;
+        }
+        for t in token::Entity::find().all(&self.db).await? {
+            let key = TokenKey {
+                provet_id: t.provet_id,
+                client_id: t.client_id.clone(),
+                scope: t.scope.clone(),
+                subject: t.subject.clone(),
+            };
+            let Some(new) = self.reseal(
+                &crate::token_repo::token_aad(&key),
+                &t.access_token,
+                &mut report,
+            )?
+            else {
+                continue;
+            };
+            let _writer = self.sqlite_write_lock().await;
+            report.resealed += token::Entity::update_many()
+                .col_expr(token::Column::AccessToken, new.into())
+                .filter(token::Column::ProvetId.eq(t.provet_id))
+                .filter(token::Column::ClientId.eq(t.client_id.as_str()))
+                .filter(token::Column::Scope.eq(t.scope.as_str()))
+                .filter(token::Column::Subject.eq(t.subject.as_str()))
+                .filter(token::Column::AccessToken.eq(t.access_token))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+        }
+        for g in grant::Entity::find()
+            .filter(grant::Column::RefreshToken.is_not_null())
+            .all(&self.db)
+            .await?
+        {
+            let Some(sealed) = g.refresh_token else {
+                continue;
+            };
+            let aad = crate::grant_repo::refresh_aad(g.provet_id, &g.client_id, &g.subject);
+            let Some(new) = self.reseal(&aad, &sealed, &mut report)? else {
+                continue;
+            };
+            let _writer = self.sqlite_write_lock().await;
+            report.resealed += grant::Entity::update_many()
+                .col_expr(grant::Column::RefreshToken, Some(new).into())
+                .filter(grant::Column::ProvetId.eq(g.provet_id))
+                .filter(grant::Column::ClientId.eq(g.client_id.as_str()))
+                .filter(grant::Column::Subject.eq(g.subject.as_str()))
+                .filter(grant::Column::RefreshToken.eq(sealed))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+        }
+        for a in authorization::Entity::find()
+            .filter(authorization::Column::PkceVerifier.ne(""))
+            .all(&self.db)
+            .await?
+        {
+            let aad = crate::grant_repo::verifier_aad(&a.state_hash);
+            let Some(new) = self.reseal(&aad, &a.pkce_verifier, &mut report)? else {
+                continue;
+            };
+            let _writer = self.sqlite_write_lock().await;
+            report.resealed += authorization::Entity::update_many()
+                .col_expr(authorization::Column::PkceVerifier, new.into())
+                .filter(authorization::Column::StateHash.eq(a.state_hash.as_str()))
+                .filter(authorization::Column::PkceVerifier.eq(a.pkce_verifier))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
         }
         for s in setting::Entity::find().all(&self.db).await? {
-            if self.keyring.is_current(&s.value) {
-                report.already_current += 1;
+            let Some(new) = self.reseal(&setting_aad(&s.name), &s.value, &mut report)? else {
                 continue;
-            }
-            let aad = setting_aad(&s.name);
-            let resealed = self
-                .keyring
-                .seal(&aad, self.keyring.open(&aad, &s.value)?.expose_secret());
-            let result = setting::Entity::update_many()
-                .col_expr(setting::Column::Value, resealed.into())
+            };
+            let _writer = self.sqlite_write_lock().await;
+            report.resealed += setting::Entity::update_many()
+                .col_expr(setting::Column::Value, new.into())
                 .filter(setting::Column::Name.eq(s.name.as_str()))
                 .filter(setting::Column::Value.eq(s.value))
                 .exec(&self.db)
-                .await?;
-            report.resealed += result.rows_affected;
+                .await?
+                .rows_affected;
         }
         Ok(report)
+    }
+
+    /// The value sealed again with the current key, or `None` when it already is.
+    fn reseal(&self, aad: &str, sealed: &str, report: &mut RekeyReport) -> Result<Option<String>> {
+        if self.keyring.is_current(sealed) {
+            report.already_current += 1;
+            return Ok(None);
+        }
+        Ok(Some(self.keyring.seal(
+            aad,
+            self.keyring.open(aad, sealed)?.expose_secret(),
+        )))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::entity::{client, discovery, tenant, token};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
-fn token_aad(key: &TokenKey) -> String {
+pub(crate) fn token_aad(key: &TokenKey) -> String {
     format!(
         "tokens.access_token:{}:{}:{}:{}",
         key.provet_id, key.client_id, key.scope, key.subject
@@ -52,7 +52,7 @@ impl Store {
         };
         let secret = match &c.client_secret {
             Some(sealed) => Some(self.keyring.open(
-                &format!("clients.client_secret:{}:{}", c.provet_id, c.client_id),
+                &crate::repo::client_secret_aad(c.provet_id, &c.client_id),
                 sealed,
             )?),
             None => None,

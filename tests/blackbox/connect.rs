@@ -352,12 +352,7 @@ async fn states_are_one_time_and_provider_errors_are_shown(backend: Backend) {
             None,
         )
         .await;
-    let state = url::Url::parse(started["authorize_url"].as_str().expect("url"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&started["authorize_url"], "state");
     let (status, page, _) = deliver(
         &daemon,
         &format!("http://broker.test/oauth/callback?error=access_denied&error_description=%3Cscript%3E&state={state}"),

@@ -565,3 +565,13 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// One query parameter of a URL held in a JSON string (an `authorize_url`, say).
+pub fn query_param(url: &Value, name: &str) -> String {
+    url::Url::parse(url.as_str().expect("a URL string"))
+        .expect("a URL")
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no `{name}` in {url}"))
+}

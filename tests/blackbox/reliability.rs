@@ -501,12 +501,7 @@ async fn a_replica_killed_holding_the_refresh_lock_is_taken_over() {
             None,
         )
         .await;
-    let state = url::Url::parse(started["authorize_url"].as_str().expect("url"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&started["authorize_url"], "state");
     let (status, page, _) = crate::connect::deliver(
         &a,
         &format!("http://broker.test/oauth/callback?code=c&state={state}"),

@@ -110,12 +110,7 @@ async fn no_secret_leaves_the_daemon(backend: Backend) {
             None,
         )
         .await;
-    let state = url::Url::parse(started["authorize_url"].as_str().expect("url"))
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .expect("state");
+    let state = query_param(&started["authorize_url"], "state");
     secrets.push(state.clone());
     let (status, page, _) = deliver(
         &daemon,

@@ -51,6 +51,11 @@ fn location(response: &reqwest::Response, base: &str) -> String {
 /// Plays the clinic user: follows the authorize URL, logs in at the provider, and returns
 /// the URL the provider redirects the browser to (the broker's callback with code and state).
 pub async fn log_in_and_approve(authorize_url: &str) -> String {
+    log_in_as(authorize_url, "clinic-user", "clinic-password").await
+}
+
+/// As `log_in_and_approve`, for another user of the provider.
+pub async fn log_in_as(authorize_url: &str, username: &str, password: &str) -> String {
     let base = provider().base.clone();
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -86,8 +91,8 @@ pub async fn log_in_and_approve(authorize_url: &str) -> String {
         .header("cookie", jar.header())
         .form(&[
             ("csrfmiddlewaretoken", csrf.as_str()),
-            ("username", "clinic-user"),
-            ("password", "clinic-password"),
+            ("username", username),
+            ("password", password),
             ("next", next.as_str()),
         ])
         .send()
@@ -577,7 +582,75 @@ async fn idle_grants_are_kept_alive(backend: Backend) {
     );
 }
 
+/// Two clinic users connect the same tenant: two grants; `subject` picks one, the default is
+/// the most recent.
+async fn several_grants_per_tenant(backend: Backend) {
+    let p = provider();
+    let db = TestDb::new(backend).await;
+    let daemon = start_daemon(&db, &[]).await;
+    let admin = daemon.api_key("admin", &[]);
+    let (id, _) = tenant(&daemon, &admin, "confidential", Some("RS256")).await;
+    assert_eq!(connect(&daemon, &admin, id).await.0, 200);
+    let username = format!("vet-{}", unique_tenant());
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/_test/users", p.base))
+        .json(&json!({"username": username, "password": "vet-password"}))
+        .send()
+        .await
+        .expect("user")
+        .json()
+        .await
+        .expect("json");
+    let vet_sub = created["sub"].as_str().expect("sub").to_owned();
+    let (_, started) = daemon
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{id}/authorizations"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let redirect = log_in_as(
+        started["authorize_url"].as_str().expect("url"),
+        &username,
+        "vet-password",
+    )
+    .await;
+    assert_eq!(deliver(&daemon, &redirect).await.0, 200);
+
+    let (_, view) = daemon
+        .get(&format!("/admin/tenants/{id}"), Some(&admin))
+        .await;
+    let subjects: Vec<&str> = view["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .map(|g| g["subject"].as_str().expect("s"))
+        .collect();
+    assert_eq!(subjects, [vet_sub.as_str(), "1"], "newest first");
+    let user_of = |answer: Value| async move {
+        p.api_me(id, answer["access_token"].as_str().expect("token"))
+            .await
+            .1["user"]
+            .clone()
+    };
+    let (_, default) = token(&daemon, &admin, id, None).await;
+    assert_eq!(
+        user_of(default).await,
+        json!(username),
+        "the default is the most recent grant"
+    );
+    let (_, first) = token(&daemon, &admin, id, Some(json!({"subject": "1"}))).await;
+    assert_eq!(user_of(first).await, json!("clinic-user"));
+    let (status, problem) = token(&daemon, &admin, id, Some(json!({"subject": "nobody"}))).await;
+    assert_eq!(
+        (status, problem["code"].clone()),
+        (409, json!("reauthorization_required"))
+    );
+}
+
 backend_tests!(
+    several_grants_per_tenant,
     rs256_hs256_and_public_clients_connect,
     fifty_concurrent_force_refreshes_keep_the_grant,
     states_are_one_time_and_provider_errors_are_shown,

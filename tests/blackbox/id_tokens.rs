@@ -87,8 +87,13 @@ async fn mount_discovery(server: &MockServer, issuer: &str) {
         .respond_with(ResponseTemplate::new(200).set_body_json(document(issuer)))
         .mount(server)
         .await;
+    // A short max-age, so that a test can watch it being honoured.
     Mock::given(path("/7/oauth2/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(jwks()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(jwks())
+                .insert_header("cache-control", "max-age=2"),
+        )
         .mount(server)
         .await;
 }
@@ -228,4 +233,26 @@ async fn jwks_fetches(server: &MockServer) -> usize {
         .iter()
         .filter(|r| r.url.path().ends_with("jwks.json"))
         .count()
+}
+
+/// The JWKS is fetched again once its `Cache-Control: max-age` has passed, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_jwks_is_fetched_again() {
+    let s = setup().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, page) = attempt(&s, |n| sign(&claims(&s, n), PROVIDER_KEY, "k1")).await;
+    assert_eq!(status, 200, "{page}");
+    // `attempt` resets the mock's request log: count from here.
+    assert_eq!(
+        jwks_fetches(&s.server).await,
+        1,
+        "the expired JWKS was fetched again"
+    );
+    let (status, page) = attempt(&s, |n| sign(&claims(&s, n), PROVIDER_KEY, "k1")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        jwks_fetches(&s.server).await,
+        0,
+        "a fresh JWKS is not fetched again"
+    );
 }

@@ -90,7 +90,6 @@ impl Upstream {
             ))))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .timeout(config.timeout)
             .user_agent(concat!("provet-broker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -99,6 +98,20 @@ impl Upstream {
             policy,
             config,
         })
+    }
+
+    /// The same client (one connection pool, one resolver) with another total timeout and
+    /// body cap: discovery and token requests share the client, not the limits.
+    pub fn with_limits(&self, timeout: Duration, max_body: usize) -> Self {
+        Self {
+            http: self.http.clone(),
+            policy: self.policy.clone(),
+            config: UpstreamConfig {
+                connect_timeout: self.config.connect_timeout,
+                timeout,
+                max_body,
+            },
+        }
     }
 
     /// The reqwest client, for the oauth2 and openidconnect crates.
@@ -151,7 +164,11 @@ impl Upstream {
         request: reqwest::RequestBuilder,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        let response = request.send().await.map_err(|e| self.classify(&host, e))?;
+        let response = request
+            .timeout(self.config.timeout)
+            .send()
+            .await
+            .map_err(|e| self.classify(&host, e))?;
         let status = response.status();
         let headers = response.headers().clone();
         if status.is_redirection() {

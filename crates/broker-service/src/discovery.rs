@@ -330,31 +330,30 @@ impl Broker {
         }
     }
 
-    /// The key with `kid` from the tenant's JWKS. An unknown `kid` refetches the JWKS, at
-    /// most once per `jwks_min_interval` per tenant across all replicas.
+    /// The key with `kid` from the tenant's JWKS. An unknown `kid`, or a JWKS older than its
+    /// `Cache-Control: max-age`, refetches the JWKS, at most once per `jwks_min_interval`
+    /// per tenant across all replicas; a stale key is still used if the refetch fails.
     pub async fn jwk(&self, provet_id: i64, kid: &str) -> Result<Option<Value>, StoreError> {
         let Some(record) = self.store.discovery(provet_id).await? else {
             return Ok(None);
         };
-        if let Some(key) = record.jwks.as_ref().and_then(|j| find_key(j, kid)) {
-            return Ok(Some(key));
+        let now = self.now();
+        let cached = record.jwks.as_ref().and_then(|j| find_key(j, kid));
+        let expired = record.jwks_expires_at.is_some_and(|at| at <= now);
+        if cached.is_some() && !expired {
+            return Ok(cached);
         }
         let Some(jwks_uri) = record.jwks_uri else {
-            return Ok(None);
+            return Ok(cached);
         };
-        let now = self.now();
         let not_since = now - to_chrono(self.discovery().settings.jwks_min_interval);
         if !self
             .store
             .claim_jwks_refetch(provet_id, now, not_since)
             .await?
         {
-            tracing::debug!(
-                provet_id,
-                kid,
-                "unknown kid; JWKS was fetched recently, not refetching"
-            );
-            return Ok(None);
+            tracing::debug!(provet_id, kid, "JWKS was fetched recently, not refetching");
+            return Ok(cached);
         }
         match oidc::fetch_jwks(&self.discovery().upstream, &jwks_uri).await {
             Ok(jwks) => {
@@ -362,12 +361,12 @@ impl Broker {
                 self.store
                     .store_jwks(provet_id, &jwks.keys, expires, now)
                     .await?;
-                tracing::info!(provet_id, kid, "refetched JWKS for an unknown kid");
+                tracing::info!(provet_id, kid, expired, "refetched the JWKS");
                 Ok(find_key(&jwks.keys, kid))
             }
             Err(e) => {
                 tracing::warn!(provet_id, error = %e, "JWKS refetch failed");
-                Ok(None)
+                Ok(cached)
             }
         }
     }

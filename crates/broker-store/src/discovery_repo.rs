@@ -342,6 +342,7 @@ fn discovery_record(d: discovery::Model) -> DiscoveryRecord {
             .unwrap_or_default(),
         jwks: d.jwks.and_then(|j| serde_json::from_str(&j).ok()),
         jwks_fetched_at: d.jwks_fetched_at,
+        jwks_expires_at: d.jwks_expires_at,
         warnings: d
             .warnings
             .and_then(|w| serde_json::from_str(&w).ok())

@@ -126,6 +126,8 @@ pub struct DiscoveryRecord {
     pub auth_methods: Vec<String>,
     pub jwks: Option<Value>,
     pub jwks_fetched_at: Option<DateTime<Utc>>,
+    /// From the JWKS answer's `Cache-Control: max-age`.
+    pub jwks_expires_at: Option<DateTime<Utc>>,
     pub warnings: Vec<String>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub last_attempt_at: Option<DateTime<Utc>>,

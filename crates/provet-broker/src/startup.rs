@@ -126,16 +126,8 @@ pub fn broker(
         allowlist,
         allow_http: settings.hookup.allow_http,
     });
-    let discovery_upstream = Upstream::new(
-        policy.clone(),
-        UpstreamConfig {
-            connect_timeout: settings.discovery.timeout,
-            timeout: settings.discovery.timeout,
-            max_body: 1024 * 1024,
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
-    let token_upstream = Upstream::new(
+    // One HTTP client for every provider call; each use has its own total timeout and cap.
+    let upstream = Upstream::new(
         policy.clone(),
         UpstreamConfig {
             connect_timeout: settings.tokens.connect_timeout,
@@ -144,6 +136,8 @@ pub fn broker(
         },
     )
     .map_err(anyhow::Error::msg)?;
+    let discovery_upstream = upstream.with_limits(settings.discovery.timeout, 1024 * 1024);
+    let token_upstream = upstream;
     Ok(Broker {
         tokens: Arc::new(TokenCache::new(
             settings.tokens.to_service(),

@@ -156,34 +156,60 @@ impl Store {
         now: DateTime<Utc>,
         next_due: DateTime<Utc>,
     ) -> Result<bool> {
-        let Some(row) = self.leased_row(owner, job).await? else {
-            return Ok(false);
-        };
-        let mut row = row.into_active_model();
-        row.state = Set("ok".into());
-        row.issuer = Set(Some(found.issuer));
-        row.document = Set(Some(found.document.to_string()));
-        row.token_endpoint = Set(found.token_endpoint);
-        row.authorization_endpoint = Set(Some(found.authorization_endpoint));
-        row.jwks_uri = Set(Some(found.jwks_uri));
-        row.userinfo_endpoint = Set(found.userinfo_endpoint);
-        row.revocation_endpoint = Set(found.revocation_endpoint);
-        row.auth_methods = Set(Some(Value::from(found.auth_methods).to_string()));
-        row.jwks = Set(Some(found.jwks.to_string()));
-        row.jwks_fetched_at = Set(Some(now));
-        row.jwks_expires_at = Set(found.jwks_expires_at);
-        row.warnings =
-            Set((!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string()));
-        row.fetched_at = Set(Some(now));
-        row.last_attempt_at = Set(Some(now));
-        row.next_due_at = Set(next_due);
-        row.attempts = Set(0);
-        row.last_error = Set(None);
-        row.lease_owner = Set(None);
-        row.lease_expires_at = Set(None);
+        // One conditional statement: the row is written only while this replica still holds
+        // its lease for the same URL (a hookup may have changed it, or the lease moved on).
+        let warnings =
+            (!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string());
+        let update = discovery::Entity::update_many()
+            .col_expr(discovery::Column::State, "ok".into())
+            .col_expr(discovery::Column::Issuer, Some(found.issuer).into())
+            .col_expr(
+                discovery::Column::Document,
+                Some(found.document.to_string()).into(),
+            )
+            .col_expr(
+                discovery::Column::TokenEndpoint,
+                found.token_endpoint.into(),
+            )
+            .col_expr(
+                discovery::Column::AuthorizationEndpoint,
+                Some(found.authorization_endpoint).into(),
+            )
+            .col_expr(discovery::Column::JwksUri, Some(found.jwks_uri).into())
+            .col_expr(
+                discovery::Column::UserinfoEndpoint,
+                found.userinfo_endpoint.into(),
+            )
+            .col_expr(
+                discovery::Column::RevocationEndpoint,
+                found.revocation_endpoint.into(),
+            )
+            .col_expr(
+                discovery::Column::AuthMethods,
+                Some(Value::from(found.auth_methods).to_string()).into(),
+            )
+            .col_expr(discovery::Column::Jwks, Some(found.jwks.to_string()).into())
+            .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
+            .col_expr(
+                discovery::Column::JwksExpiresAt,
+                found.jwks_expires_at.into(),
+            )
+            .col_expr(discovery::Column::Warnings, warnings.into())
+            .col_expr(discovery::Column::FetchedAt, Some(now).into())
+            .col_expr(discovery::Column::LastAttemptAt, Some(now).into())
+            .col_expr(discovery::Column::NextDueAt, next_due.into())
+            .col_expr(discovery::Column::Attempts, 0.into())
+            .col_expr(discovery::Column::LastError, Option::<String>::None.into())
+            .col_expr(discovery::Column::LeaseOwner, Option::<String>::None.into())
+            .col_expr(
+                discovery::Column::LeaseExpiresAt,
+                Option::<DateTime<Utc>>::None.into(),
+            )
+            .filter(discovery::Column::ProvetId.eq(job.provet_id))
+            .filter(discovery::Column::LeaseOwner.eq(owner))
+            .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()));
         let _writer = self.sqlite_write_lock().await;
-        row.update(&self.db).await?;
-        Ok(true)
+        Ok(update.exec(&self.db).await?.rows_affected == 1)
     }
 
     /// Records a failed run (metadata from an earlier success is kept) and releases the lease.

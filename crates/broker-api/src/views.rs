@@ -67,10 +67,6 @@ pub struct DiscoveryView {
 }
 
 impl DiscoveryView {
-    pub fn not_applicable() -> Self {
-        Self::from_record(None)
-    }
-
     pub fn from_record(record: Option<DiscoveryRecord>) -> Self {
         match record {
             None => Self {

@@ -4,7 +4,6 @@
 //! backoff after a failure. Both carry jitter so that thousands of tenants registered in one
 //! burst do not stay in lockstep.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker_oauth::discovery::{self as oidc, DiscoveryError};
@@ -405,6 +404,3 @@ fn url_host(url: &str) -> String {
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default()
 }
-
-/// Shared handle type for the broker.
-pub type SharedDiscovery = Arc<Discovery>;

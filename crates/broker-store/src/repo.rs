@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    IntoActiveModel, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    IntoActiveModel, NotSet, QueryFilter, QueryOrder, QuerySelect, Set, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -344,10 +344,6 @@ impl Store {
         }
         let rows = q.limit(filter.limit).all(&self.db).await?;
         self.assemble(rows).await
-    }
-
-    pub async fn count_tenants(&self) -> Result<u64> {
-        Ok(tenant::Entity::find().count(&self.db).await?)
     }
 
     async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {

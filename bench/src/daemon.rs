@@ -248,7 +248,7 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Reads the daemon's JSON log: hands over the `listening` address, counts warnings and
 /// errors, keeps a few. Draining stderr also keeps the daemon from blocking on it.
-async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -> DaemonLog {
+pub async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -> DaemonLog {
     let mut listening = Some(listening);
     let mut log = DaemonLog::default();
     let mut lines = BufReader::new(stderr).lines();
@@ -286,7 +286,7 @@ async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -> Da
     log
 }
 
-fn keep_sample(samples: &mut Vec<String>, line: &str) {
+pub fn keep_sample(samples: &mut Vec<String>, line: &str) {
     if samples.len() < 10 {
         samples.push(line.to_owned());
     }

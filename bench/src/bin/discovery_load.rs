@@ -32,6 +32,8 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use broker_bench::daemon::{describe_exit, keep_sample, terminate};
+
 /// The PostgreSQL server the benchmark databases are created on (trust auth, loopback only).
 const PG_HOST: &str = "127.0.0.1";
 const PG_PORT: u16 = 5432;
@@ -1143,14 +1145,7 @@ impl Daemon {
     async fn stop(&mut self) -> anyhow::Result<(String, DaemonLog)> {
         let exit = match self.child.id() {
             Some(pid) => {
-                let term = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await
-                    .context("cannot run kill")?;
-                if !term.success() {
-                    bail!("kill -TERM {pid} failed: {term}");
-                }
+                terminate(pid).await?;
                 match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
                     Ok(status) => describe_exit(status?),
                     Err(_) => {
@@ -1163,13 +1158,6 @@ impl Daemon {
         };
         let log = (&mut self.log).await.context("the log reader panicked")?;
         Ok((exit, log))
-    }
-}
-
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    match status.code() {
-        Some(code) => code.to_string(),
-        None => status.to_string().replace(' ', "-"),
     }
 }
 
@@ -1229,12 +1217,6 @@ async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<(String, Insta
         keep_sample(&mut log.samples, &line);
     }
     log
-}
-
-fn keep_sample(samples: &mut Vec<String>, line: &str) {
-    if samples.len() < 10 {
-        samples.push(line.to_owned());
-    }
 }
 
 fn psql_command(database: &str, sql: &str) -> Command {

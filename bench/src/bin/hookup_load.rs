@@ -24,10 +24,11 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+
+use broker_bench::daemon::{DaemonLog, describe_exit, read_log, terminate};
 
 /// The PostgreSQL server the benchmark databases are created on (trust auth, loopback only).
 const PG_HOST: &str = "127.0.0.1";
@@ -164,17 +165,6 @@ struct Verification {
     warmup_verified: usize,
     /// Answered 200 but absent, or stored with another client_id.
     missing: Vec<String>,
-}
-
-/// Warnings and errors the daemon logged.
-#[derive(Default)]
-struct DaemonLog {
-    lines: usize,
-    warnings: usize,
-    errors: usize,
-    samples: Vec<String>,
-    /// The last lines, shown when the daemon fails to start.
-    tail: Vec<String>,
 }
 
 struct Report {
@@ -707,14 +697,7 @@ impl Daemon {
     async fn stop(&mut self) -> anyhow::Result<(String, DaemonLog)> {
         let exit = match self.child.id() {
             Some(pid) => {
-                let term = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await
-                    .context("cannot run kill")?;
-                if !term.success() {
-                    bail!("kill -TERM {pid} failed: {term}");
-                }
+                terminate(pid).await?;
                 match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
                     Ok(status) => describe_exit(status?),
                     Err(_) => {
@@ -727,59 +710,6 @@ impl Daemon {
         };
         let log = (&mut self.log).await.context("the log reader panicked")?;
         Ok((exit, log))
-    }
-}
-
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    match status.code() {
-        Some(code) => code.to_string(),
-        None => status.to_string().replace(' ', "-"),
-    }
-}
-
-/// Reads the daemon's JSON log: hands over the `listening` address, counts warnings and
-/// errors, keeps a few of them. Draining stderr also keeps the daemon from blocking on it.
-async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -> DaemonLog {
-    let mut listening = Some(listening);
-    let mut log = DaemonLog::default();
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log.lines += 1;
-        if log.tail.len() == 20 {
-            log.tail.remove(0);
-        }
-        log.tail.push(line.clone());
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            log.warnings += 1;
-            keep_sample(&mut log.samples, &line);
-            continue;
-        };
-        let field = |name: &str| {
-            event
-                .get("fields")
-                .and_then(|f| f.get(name))
-                .or_else(|| event.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        if field("message").as_deref() == Some("listening")
-            && let (Some(address), Some(tx)) = (field("address"), listening.take())
-        {
-            let _ = tx.send(address);
-        }
-        match event.get("level").and_then(Value::as_str) {
-            Some("WARN") => log.warnings += 1,
-            Some("ERROR") => log.errors += 1,
-            _ => continue,
-        }
-        keep_sample(&mut log.samples, &line);
-    }
-    log
-}
-
-fn keep_sample(samples: &mut Vec<String>, line: &str) {
-    if samples.len() < 10 {
-        samples.push(line.to_owned());
     }
 }
 

@@ -142,6 +142,17 @@ struct Cached {
     validated_at: Instant,
 }
 
+/// What `take_turn` found.
+enum Turn {
+    Served(BrokeredToken),
+    /// This caller holds the lock and must ask the provider; `stored` is what the database
+    /// held after the lock was taken.
+    Ours {
+        lock: broker_store::TokenLock,
+        stored: Option<StoredToken>,
+    },
+}
+
 enum RefreshFailure {
     /// The grant cannot be used any more: a clinic user must connect again.
     GrantLost(String),
@@ -350,51 +361,14 @@ impl Broker {
             scope: mkey.scope.clone(),
             subject: mkey.subject.clone(),
         };
-        let stored = self.store.load_token(&key).await?;
-        if let Some(token) = &stored
-            && (token.obtained_at >= arrived || (!force && self.usable(token, min_ttl, now)))
+        let lock_wait = self.tokens().settings.timeout * 2 + Duration::from_secs(5);
+        let (lock, stored) = match self
+            .take_turn(mkey, &key, min_ttl, force, arrived, lock_wait)
+            .await?
         {
-            self.remember(mkey, &key, token);
-            return Ok(self.answer(&key, token, Source::Database));
-        }
-        if let Some(wait) = self.backing_off(provet_id) {
-            return self.serve_stale_or(
-                &key,
-                stored.as_ref(),
-                min_ttl,
-                TokenBrokerError::Unavailable {
-                    reason: "the provider failed recently; backing off".into(),
-                    retry_after: wait,
-                },
-            );
-        }
-
-        // Across replicas: one at a time per key, then look again.
-        let lock_started = Instant::now();
-        let settings = &self.tokens().settings;
-        let lock = match self
-            .store
-            .lock_token(&key, settings.timeout * 2 + Duration::from_secs(5))
-            .await
-        {
-            Ok(lock) => lock,
-            Err(StoreError::LockTimeout(reason)) => {
-                return Err(TokenBrokerError::Unavailable {
-                    reason: format!("another replica is still fetching this token ({reason})"),
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            Err(e) => return Err(e.into()),
+            Turn::Served(token) => return Ok(token),
+            Turn::Ours { lock, stored } => (lock, stored),
         };
-        self.metrics.token_lock_wait(lock_started.elapsed());
-        let stored = self.store.load_token(&key).await?;
-        if let Some(token) = &stored
-            && (token.obtained_at >= arrived || (!force && self.usable(token, min_ttl, self.now())))
-        {
-            lock.release().await?;
-            self.remember(mkey, &key, token);
-            return Ok(self.answer(&key, token, Source::Database));
-        }
 
         let result = self.request_token(&client, &key.scope).await;
         let now = self.now();
@@ -423,6 +397,61 @@ impl Broker {
                     .await
             }
         }
+    }
+
+    /// Before asking the provider: a stored token that will do (fetched after this caller
+    /// arrived, or valid long enough when not forced) is served; during a backoff a token
+    /// that still meets `min_ttl` is served, else 503; otherwise this caller waits for the
+    /// cross-replica lock and looks again, as another replica may have stored one meanwhile.
+    async fn take_turn(
+        &self,
+        mkey: &MemoryKey,
+        key: &TokenKey,
+        min_ttl: chrono::Duration,
+        force: bool,
+        arrived: DateTime<Utc>,
+        lock_wait: Duration,
+    ) -> Result<Turn, TokenBrokerError> {
+        let will_do = |token: &StoredToken| {
+            token.obtained_at >= arrived || (!force && self.usable(token, min_ttl, self.now()))
+        };
+        let stored = self.store.load_token(key).await?;
+        if let Some(token) = stored.as_ref().filter(|t| will_do(t)) {
+            self.remember(mkey, key, token);
+            return Ok(Turn::Served(self.answer(key, token, Source::Database)));
+        }
+        if let Some(wait) = self.backing_off(key.provet_id) {
+            return self
+                .serve_stale_or(
+                    key,
+                    stored.as_ref(),
+                    min_ttl,
+                    TokenBrokerError::Unavailable {
+                        reason: "the provider failed recently; backing off".into(),
+                        retry_after: wait,
+                    },
+                )
+                .map(Turn::Served);
+        }
+        let lock_started = Instant::now();
+        let lock = match self.store.lock_token(key, lock_wait).await {
+            Ok(lock) => lock,
+            Err(StoreError::LockTimeout(reason)) => {
+                return Err(TokenBrokerError::Unavailable {
+                    reason: format!("another replica is still asking the provider ({reason})"),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.metrics.token_lock_wait(lock_started.elapsed());
+        let stored = self.store.load_token(key).await?;
+        if let Some(token) = stored.as_ref().filter(|t| will_do(t)) {
+            lock.release().await?;
+            self.remember(mkey, key, token);
+            return Ok(Turn::Served(self.answer(key, token, Source::Database)));
+        }
+        Ok(Turn::Ours { lock, stored })
     }
 
     /// The slow path for an authorization-code tenant: the grant's cached access token, or a
@@ -480,52 +509,14 @@ impl Broker {
             scope: grant.scope.clone(),
             subject: grant.subject.clone(),
         };
-        let fresh = |token: &StoredToken, now| {
-            token.obtained_at >= arrived || (!force && self.usable(token, min_ttl, now))
+        let lock_wait = self.tokens().settings.timeout * 4 + Duration::from_secs(5);
+        let (lock, stored) = match self
+            .take_turn(mkey, &key, min_ttl, force, arrived, lock_wait)
+            .await?
+        {
+            Turn::Served(token) => return Ok(token),
+            Turn::Ours { lock, stored } => (lock, stored),
         };
-        let stored = self.store.load_token(&key).await?;
-        if let Some(token) = &stored
-            && fresh(token, self.now())
-        {
-            self.remember(mkey, &key, token);
-            return Ok(self.answer(&key, token, Source::Database));
-        }
-        if let Some(wait) = self.backing_off(provet_id) {
-            return self.serve_stale_or(
-                &key,
-                stored.as_ref(),
-                min_ttl,
-                TokenBrokerError::Unavailable {
-                    reason: "the provider failed recently; backing off".into(),
-                    retry_after: wait,
-                },
-            );
-        }
-        let lock_started = Instant::now();
-        let settings = &self.tokens().settings;
-        let lock = match self
-            .store
-            .lock_token(&key, settings.timeout * 4 + Duration::from_secs(5))
-            .await
-        {
-            Ok(lock) => lock,
-            Err(StoreError::LockTimeout(reason)) => {
-                return Err(TokenBrokerError::Unavailable {
-                    reason: format!("another replica is still refreshing this grant ({reason})"),
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.metrics.token_lock_wait(lock_started.elapsed());
-        let stored = self.store.load_token(&key).await?;
-        if let Some(token) = &stored
-            && fresh(token, self.now())
-        {
-            lock.release().await?;
-            self.remember(mkey, &key, token);
-            return Ok(self.answer(&key, token, Source::Database));
-        }
         let result = self.refresh_grant_locked(client, &key).await;
         // Whatever happened is committed; now the next replica may go.
         lock.release().await?;

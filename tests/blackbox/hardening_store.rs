@@ -1,0 +1,1 @@
+//! Security review fixes for provider-controlled numbers, proxies, ID tokens, configuration and storage.

@@ -1,0 +1,1 @@
+//! Security review fixes in the token broker and metrics: single flight per grant, bounded subjects and scopes, bounded labels.

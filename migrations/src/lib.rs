@@ -7,6 +7,7 @@ mod m20261128_000001_create_core_tables;
 mod m20261128_000002_create_discovery;
 mod m20261128_000003_create_tokens;
 mod m20261128_000004_create_grants;
+mod m20261201_000001_create_token_leases;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_create_discovery::Migration),
             Box::new(m20261128_000003_create_tokens::Migration),
             Box::new(m20261128_000004_create_grants::Migration),
+            Box::new(m20261201_000001_create_token_leases::Migration),
         ]
     }
 }

@@ -157,8 +157,11 @@ impl Broker {
         } else {
             "restapi"
         };
-        let scope = crate::tokens::normalise_scope(Some(scope.as_deref().unwrap_or(default_scope)))
-            .map_err(|e| AuthorizationError::InvalidRequest(e.to_string()))?;
+        let scope = crate::tokens::policy::scope(
+            Some(scope.as_deref().unwrap_or(default_scope)),
+            &self.tokens.settings.allowed_scopes,
+        )
+        .map_err(|e| AuthorizationError::InvalidRequest(e.to_string()))?;
         let openid = scope.split(' ').any(|s| s == "openid");
         if openid && client.algorithm.is_none() {
             return Err(AuthorizationError::InvalidRequest(
@@ -301,11 +304,12 @@ impl Broker {
         };
         let access = StoredToken {
             expires_at: now
-                + chrono::Duration::from_std(self.lifetime_of(&issued))
-                    .unwrap_or(chrono::Duration::hours(1)),
+                .checked_add_signed(self.lifetime_of(&issued))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
             obtained_at: now,
             token_type: issued.token_type.clone(),
             access_token: issued.access_token.clone(),
+            granted_scope: issued.scope.clone(),
         };
         self.store
             .save_grant(

@@ -96,8 +96,10 @@ impl Broker {
                     if msg.openid_autodiscovery_url.is_some() {
                         self.discovery.wake.notify_one();
                     }
-                    if msg.grant_type == broker_domain::GrantType::ClientCredentials {
-                        self.verify_in_background(msg.provet_id.get());
+                    if msg.grant_type == broker_domain::GrantType::ClientCredentials
+                        && self.tokens.settings.verify_on_hookup
+                    {
+                        self.credential_checks.schedule(msg.provet_id.get());
                     }
                 }
                 tracing::info!(

@@ -30,7 +30,9 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub discovery: Arc<discovery::Discovery>,
-    pub tokens: Arc<tokens::TokenCache>,
+    pub tokens: Arc<tokens::TokenBroker>,
+    /// Credential checks waiting or running in the background.
+    pub credential_checks: Arc<tokens::CredentialChecks>,
     pub api_key_cache: Arc<api_keys::ApiKeyCache>,
     pub oauth: Arc<authorizations::OAuthSettings>,
     /// Background work started by requests (credential checks); joined on shutdown.
@@ -68,6 +70,70 @@ impl Broker {
             tracing::info!(provet_id, "tenant removed; its secrets were wiped");
         }
         Ok(removed)
+    }
+
+    /// A valid access token for the tenant (see `tokens`).
+    pub async fn token(
+        &self,
+        provet_id: i64,
+        request: &tokens::TokenRequest,
+    ) -> Result<tokens::BrokeredToken, tokens::TokenBrokerError> {
+        self.tokens.token(provet_id, request).await
+    }
+
+    /// Checks the tenant's credentials now (an operator asked). A provider that is down
+    /// leaves the state as it was.
+    pub async fn verify_credentials(&self, provet_id: i64) -> Result<(), tokens::TokenBrokerError> {
+        match self.tokens.verify_credentials(provet_id).await {
+            Err(tokens::TokenBrokerError::Unavailable { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Refreshes idle grants every `keepalive_interval` until `stop`.
+    pub async fn run_keepalive(self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.oauth.keepalive_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let before = self.now() - tokens::policy::to_chrono(self.oauth.keepalive_after);
+            match self.tokens.keep_grants_alive(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(refreshed = n, "keep-alive refreshed idle grants"),
+                Err(e) => tracing::warn!(error = %e, "keep-alive could not list grants"),
+            }
+        }
+    }
+
+    /// Runs the credential-check queue until `stop`.
+    pub async fn run_credential_checks(self, stop: tokio_util::sync::CancellationToken) {
+        let settings = &self.tokens.settings;
+        self.credential_checks
+            .clone()
+            .run(
+                self.tokens.clone(),
+                settings.verify_concurrency,
+                settings.verify_sweep_interval,
+                stop,
+            )
+            .await;
+    }
+
+    /// A token's lifetime as the provider gave it, clamped.
+    pub(crate) fn lifetime_of(
+        &self,
+        issued: &broker_oauth::token::IssuedToken,
+    ) -> chrono::Duration {
+        use secrecy::ExposeSecret;
+        tokens::policy::lifetime(
+            issued.expires_in,
+            broker_oauth::token::jwt_expiry(issued.access_token.expose_secret()),
+            self.now(),
+            self.tokens.settings.default_ttl,
+        )
     }
 
     pub async fn readiness(&self) -> Result<Readiness, StoreError> {

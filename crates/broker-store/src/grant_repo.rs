@@ -9,9 +9,10 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::TokenLease;
 use crate::entity::{authorization, grant, token};
 use crate::records::*;
-use crate::token_repo::token_aad;
+use crate::token_repo::{release, token_upsert};
 use crate::{Result, Store};
 
 pub(crate) fn verifier_aad(state_hash: &str) -> String {
@@ -159,37 +160,62 @@ impl Store {
         )
         .exec_without_returning(&tx)
         .await?;
-        token::Entity::insert(token::ActiveModel {
-            provet_id: Set(token_key.provet_id),
-            client_id: Set(token_key.client_id.clone()),
-            scope: Set(token_key.scope.clone()),
-            subject: Set(token_key.subject.clone()),
-            access_token: Set(self
-                .keyring
-                .seal(&token_aad(token_key), access.access_token.expose_secret())),
-            token_type: Set(access.token_type.clone()),
-            expires_at: Set(access.expires_at),
-            obtained_at: Set(access.obtained_at),
-        })
-        .on_conflict(
-            OnConflict::columns([
-                token::Column::ProvetId,
-                token::Column::ClientId,
-                token::Column::Scope,
-                token::Column::Subject,
-            ])
-            .update_columns([
-                token::Column::AccessToken,
-                token::Column::TokenType,
-                token::Column::ExpiresAt,
-                token::Column::ObtainedAt,
-            ])
-            .to_owned(),
-        )
-        .exec_without_returning(&tx)
-        .await?;
+        token::Entity::insert(self.token_row(token_key, access))
+            .on_conflict(token_upsert())
+            .exec_without_returning(&tx)
+            .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// After a refresh: stores the rotated refresh token (when one came) and the new access
+    /// token in one transaction, only if the grant still holds the refresh token that was
+    /// used (`used`, as sealed when it was read): a compare-and-set, so that a rotation
+    /// committed meanwhile by another holder is never overwritten with an older token.
+    /// Releases the lease in the same transaction. Returns whether the grant was updated.
+    pub async fn save_refreshed_grant(
+        &self,
+        grant: &GrantRecord,
+        refresh_token: Option<&SecretString>,
+        token_key: &TokenKey,
+        access: &StoredToken,
+        lease: Option<&TokenLease>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut update = grant::Entity::update_many()
+            .col_expr(grant::Column::UpdatedAt, now.into())
+            .col_expr(grant::Column::LastRefreshAt, Some(now).into())
+            .col_expr(grant::Column::LastError, Option::<String>::None.into());
+        if let Some(r) = refresh_token {
+            let sealed = self.keyring.seal(
+                &refresh_aad(grant.provet_id, &grant.client_id, &grant.subject),
+                r.expose_secret(),
+            );
+            update = update.col_expr(grant::Column::RefreshToken, Some(sealed).into());
+        }
+        let update = update
+            .filter(grant::Column::ProvetId.eq(grant.provet_id))
+            .filter(grant::Column::ClientId.eq(grant.client_id.as_str()))
+            .filter(grant::Column::Subject.eq(grant.subject.as_str()))
+            .filter(grant::Column::State.eq("active"));
+        let update = match &grant.refresh_seal {
+            Some(seal) => update.filter(grant::Column::RefreshToken.eq(seal.as_str())),
+            None => update.filter(grant::Column::RefreshToken.is_null()),
+        };
+        let _writer = self.sqlite_write_lock().await;
+        let tx = self.db.begin().await?;
+        let updated = update.exec(&tx).await?.rows_affected == 1;
+        if updated {
+            token::Entity::insert(self.token_row(token_key, access))
+                .on_conflict(token_upsert())
+                .exec_without_returning(&tx)
+                .await?;
+        }
+        if let Some(lease) = lease {
+            release(&tx, lease).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     /// One grant: `subject`'s, or the tenant's most recent (preferring active ones).
@@ -231,6 +257,7 @@ impl Store {
             _ => None,
         };
         Ok(GrantRecord {
+            refresh_seal: g.refresh_token.clone(),
             provet_id: g.provet_id,
             client_id: g.client_id,
             subject: g.subject,

@@ -187,6 +187,8 @@ pub struct StoredToken {
     pub token_type: String,
     pub expires_at: DateTime<Utc>,
     pub obtained_at: DateTime<Utc>,
+    /// The scope the provider said it granted, when it said.
+    pub granted_scope: Option<String>,
 }
 
 /// What the token broker needs to know about a tenant's current client.
@@ -251,6 +253,8 @@ pub struct GrantRecord {
     pub client_id: String,
     pub subject: String,
     pub refresh_token: Option<secrecy::SecretString>,
+    /// The refresh token as stored (sealed): what a refresh compares before it writes.
+    pub refresh_seal: Option<String>,
     pub scope: String,
     pub state: String,
     pub created_at: DateTime<Utc>,

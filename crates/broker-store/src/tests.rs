@@ -15,7 +15,9 @@ async fn store(dir: &tempfile::TempDir, keyring: Keyring) -> Store {
         &StoreOptions {
             url,
             max_connections: 4,
+            cache_connections: 2,
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
         },
         Arc::new(keyring),

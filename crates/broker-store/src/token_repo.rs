@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Set,
-    Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Set, Statement,
+    TransactionTrait,
 };
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
@@ -21,19 +21,35 @@ pub(crate) fn token_aad(key: &TokenKey) -> String {
     )
 }
 
-/// Held while one replica fetches a token for a key; dropped (or `release`d) to let the
-/// next one in. On SQLite (one process) it holds nothing.
-pub struct TokenLock {
-    tx: Option<DatabaseTransaction>,
+/// One replica's turn to ask the provider for a token key (PostgreSQL). A row in
+/// `token_leases`, taken and released by single statements, so that no connection is held
+/// while the provider answers. It expires on its own after `ttl` (longer than the upstream
+/// timeout), which is how a dead replica's turn passes to another. The fence grows with
+/// every new holder. On SQLite (one process) the in-process single flight is the whole
+/// lock and this holds nothing.
+#[derive(Clone, Debug)]
+pub struct TokenLease {
+    lock_key: String,
+    owner: String,
+    fence: i64,
 }
 
-impl TokenLock {
-    pub async fn release(self) -> Result<()> {
-        if let Some(tx) = self.tx {
-            tx.commit().await?;
-        }
-        Ok(())
-    }
+/// What an attempt to take the lease found.
+pub struct LeaseAttempt {
+    /// `Some` when this caller now holds the lease (always on SQLite).
+    pub lease: Option<TokenLease>,
+    /// The token stored for the key, read in the same statement.
+    pub stored: Option<StoredToken>,
+}
+
+fn lock_key(key: &TokenKey) -> String {
+    hex::encode(Sha256::digest(
+        format!(
+            "{}|{}|{}|{}",
+            key.provet_id, key.client_id, key.scope, key.subject
+        )
+        .as_bytes(),
+    ))
 }
 
 impl Store {
@@ -87,6 +103,29 @@ impl Store {
         }))
     }
 
+    /// Tenants whose current client_credentials client has not been checked yet.
+    pub async fn unchecked_clients(&self, limit: u64) -> Result<Vec<i64>> {
+        use sea_orm::sea_query::Query;
+        use sea_orm::{QueryOrder, QuerySelect};
+        let active = Query::select()
+            .column(tenant::Column::ProvetId)
+            .from(tenant::Entity)
+            .and_where(tenant::Column::Status.eq("active"))
+            .to_owned();
+        Ok(client::Entity::find()
+            .filter(client::Column::ProvetId.in_subquery(active))
+            .filter(client::Column::IsCurrent.eq(true))
+            .filter(client::Column::GrantType.eq("client_credentials"))
+            .filter(client::Column::CredentialsState.eq("unchecked"))
+            .order_by_asc(client::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|c| c.provet_id)
+            .collect())
+    }
+
     /// Records whether the provider accepted the client's credentials.
     pub async fn set_credentials_state(
         &self,
@@ -106,33 +145,35 @@ impl Store {
             )
             .filter(client::Column::ProvetId.eq(provet_id))
             .filter(client::Column::ClientId.eq(client_id))
-            .exec(&self.db)
+            .exec(&self.cache_db)
             .await?;
         Ok(())
     }
 
     pub async fn load_token(&self, key: &TokenKey) -> Result<Option<StoredToken>> {
-        let Some(row) = token::Entity::find_by_id((
+        let row = token::Entity::find_by_id((
             key.provet_id,
             key.client_id.clone(),
             key.scope.clone(),
             key.subject.clone(),
         ))
         .one(&self.db)
-        .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(StoredToken {
+        .await?;
+        row.map(|row| self.stored_token(key, row)).transpose()
+    }
+
+    fn stored_token(&self, key: &TokenKey, row: token::Model) -> Result<StoredToken> {
+        Ok(StoredToken {
             access_token: self.keyring.open(&token_aad(key), &row.access_token)?,
             token_type: row.token_type,
             expires_at: row.expires_at,
             obtained_at: row.obtained_at,
-        }))
+            granted_scope: row.granted_scope,
+        })
     }
 
-    pub async fn save_token(&self, key: &TokenKey, token: &StoredToken) -> Result<()> {
-        let row = token::ActiveModel {
+    pub(crate) fn token_row(&self, key: &TokenKey, token: &StoredToken) -> token::ActiveModel {
+        token::ActiveModel {
             provet_id: Set(key.provet_id),
             client_id: Set(key.client_id.clone()),
             scope: Set(key.scope.clone()),
@@ -143,69 +184,166 @@ impl Store {
             token_type: Set(token.token_type.clone()),
             expires_at: Set(token.expires_at),
             obtained_at: Set(token.obtained_at),
-        };
+            granted_scope: Set(token.granted_scope.clone()),
+        }
+    }
+
+    /// Stores a fetched token (and, when it changed, the client's credential state) and
+    /// releases the lease, in one transaction on the cache pool.
+    pub async fn save_token(
+        &self,
+        key: &TokenKey,
+        token: &StoredToken,
+        lease: Option<&TokenLease>,
+        credentials_ok: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let row = self.token_row(key, token);
         let _writer = self.sqlite_write_lock().await;
+        let tx = self.cache_db.begin().await?;
         token::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([
-                    token::Column::ProvetId,
-                    token::Column::ClientId,
-                    token::Column::Scope,
-                    token::Column::Subject,
-                ])
-                .update_columns([
-                    token::Column::AccessToken,
-                    token::Column::TokenType,
-                    token::Column::ExpiresAt,
-                    token::Column::ObtainedAt,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(&self.db)
+            .on_conflict(token_upsert())
+            .exec_without_returning(&tx)
             .await?;
+        if let Some(now) = credentials_ok {
+            client::Entity::update_many()
+                .col_expr(client::Column::CredentialsState, "ok".into())
+                .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
+                .col_expr(
+                    client::Column::CredentialsLastError,
+                    Option::<String>::None.into(),
+                )
+                .filter(client::Column::ProvetId.eq(key.provet_id))
+                .filter(client::Column::ClientId.eq(key.client_id.as_str()))
+                .exec(&tx)
+                .await?;
+        }
+        if let Some(lease) = lease {
+            release(&tx, lease).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Forgets every cached token of a tenant (removal, a superseded client).
-    pub async fn delete_tokens(&self, provet_id: i64) -> Result<u64> {
-        let _writer = self.sqlite_write_lock().await;
-        Ok(token::Entity::delete_many()
-            .filter(token::Column::ProvetId.eq(provet_id))
-            .exec(&self.db)
+    /// Takes the turn to ask the provider for `key` if nobody holds it (or the holder's
+    /// lease ran out), and reads the stored token, in one statement. PostgreSQL only does
+    /// real work; on SQLite the caller's in-process single flight is the lock.
+    pub async fn try_token_lease(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseAttempt> {
+        if !self.is_postgres() {
+            return Ok(LeaseAttempt {
+                lease: Some(TokenLease {
+                    lock_key: String::new(),
+                    owner: owner.to_owned(),
+                    fence: 0,
+                }),
+                stored: self.load_token(key).await?,
+            });
+        }
+        let lock_key = lock_key(key);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = self
+            .cache_db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                r#"WITH lease AS (
+                    INSERT INTO token_leases (lock_key, provet_id, owner, fence, expires_at)
+                    VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4::double precision / 1000))
+                    ON CONFLICT (lock_key) DO UPDATE
+                        SET owner = EXCLUDED.owner, fence = token_leases.fence + 1,
+                            expires_at = EXCLUDED.expires_at
+                        WHERE token_leases.expires_at < now()
+                    RETURNING fence)
+                SELECT (SELECT fence FROM lease) AS fence, t.access_token, t.token_type,
+                       t.expires_at, t.obtained_at, t.granted_scope
+                FROM (SELECT 1) AS one
+                LEFT JOIN tokens t ON t.provet_id = $2 AND t.client_id = $5
+                    AND t.scope = $6 AND t.subject = $7"#,
+                [
+                    lock_key.clone().into(),
+                    key.provet_id.into(),
+                    owner.into(),
+                    ttl_ms.into(),
+                    key.client_id.clone().into(),
+                    key.scope.clone().into(),
+                    key.subject.clone().into(),
+                ],
+            ))
             .await?
-            .rows_affected)
+            .ok_or_else(|| StoreError::Corrupt("the lease statement returned no row".into()))?;
+        let fence: Option<i64> = row.try_get("", "fence")?;
+        let sealed: Option<String> = row.try_get("", "access_token")?;
+        let stored = match sealed {
+            Some(access_token) => Some(self.stored_token(
+                key,
+                token::Model {
+                    provet_id: key.provet_id,
+                    client_id: key.client_id.clone(),
+                    scope: key.scope.clone(),
+                    subject: key.subject.clone(),
+                    access_token,
+                    token_type: row.try_get("", "token_type")?,
+                    expires_at: row.try_get("", "expires_at")?,
+                    obtained_at: row.try_get("", "obtained_at")?,
+                    granted_scope: row.try_get("", "granted_scope")?,
+                },
+            )?),
+            None => None,
+        };
+        Ok(LeaseAttempt {
+            lease: fence.map(|fence| TokenLease {
+                lock_key,
+                owner: owner.to_owned(),
+                fence,
+            }),
+            stored,
+        })
     }
 
-    /// Takes the cross-replica lock for `key`, waiting at most `wait`. PostgreSQL: a
-    /// transaction-scoped advisory lock. SQLite: one process, so the caller's in-process
-    /// single-flight is the whole lock.
-    pub async fn lock_token(&self, key: &TokenKey, wait: std::time::Duration) -> Result<TokenLock> {
-        if self.db.get_database_backend() != DbBackend::Postgres {
-            return Ok(TokenLock { tx: None });
+    /// Gives the turn back (when the provider failed, or a stored token did after all).
+    pub async fn release_token_lease(&self, lease: &TokenLease) -> Result<()> {
+        if !self.is_postgres() {
+            return Ok(());
         }
-        let digest = Sha256::digest(
-            format!(
-                "{}|{}|{}|{}",
-                key.provet_id, key.client_id, key.scope, key.subject
-            )
-            .as_bytes(),
-        );
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&digest[..8]);
-        let lock_id = i64::from_be_bytes(id);
-        let tx = self.db.begin().await?;
-        tx.execute_unprepared(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            wait.as_millis()
-        ))
-        .await?;
-        tx.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [lock_id.into()],
-        ))
-        .await
-        .map_err(|e| StoreError::LockTimeout(e.to_string()))?;
-        Ok(TokenLock { tx: Some(tx) })
+        release(&self.cache_db, lease).await
     }
+}
+
+/// Ends a lease by making it expired; the row stays, so the fence keeps growing.
+pub(crate) async fn release<C: ConnectionTrait>(db: &C, lease: &TokenLease) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE token_leases SET expires_at = now() - interval '1 second' \
+         WHERE lock_key = $1 AND owner = $2 AND fence = $3",
+        [
+            lease.lock_key.clone().into(),
+            lease.owner.clone().into(),
+            lease.fence.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+pub(crate) fn token_upsert() -> OnConflict {
+    OnConflict::columns([
+        token::Column::ProvetId,
+        token::Column::ClientId,
+        token::Column::Scope,
+        token::Column::Subject,
+    ])
+    .update_columns([
+        token::Column::AccessToken,
+        token::Column::TokenType,
+        token::Column::ExpiresAt,
+        token::Column::ObtainedAt,
+        token::Column::GrantedScope,
+    ])
+    .to_owned()
 }

@@ -73,9 +73,15 @@ impl Default for ServerSettings {
 pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub url: String,
+    /// Connections of the main pool (hookups, grants, reads).
     pub max_connections: u32,
+    /// Connections of the cache pool (cached tokens, credential states, token leases).
+    pub cache_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a request waits for a pooled connection before it fails (503).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
     /// SQLite only: how long a writer waits for another.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
@@ -86,7 +92,9 @@ impl Default for DatabaseSettings {
         Self {
             url: "sqlite://data/broker.db?mode=rwc".into(),
             max_connections: 16,
+            cache_connections: 8,
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -229,6 +237,15 @@ pub struct TokenSettings {
     pub revalidate_after: Duration,
     /// Fetch one token right after a client_credentials hookup to check the credentials.
     pub verify_on_hookup: bool,
+    /// Credential checks running at once, per replica.
+    pub verify_concurrency: usize,
+    /// Credential checks waiting; beyond this they wait for the next sweep.
+    pub verify_queue: usize,
+    /// How often credentials still unchecked are looked for.
+    #[serde(with = "humantime_serde")]
+    pub verify_sweep_interval: Duration,
+    /// The scopes callers may ask for.
+    pub allowed_scopes: Vec<String>,
 }
 
 impl Default for TokenSettings {
@@ -242,6 +259,10 @@ impl Default for TokenSettings {
             max_backoff: Duration::from_secs(60),
             revalidate_after: Duration::from_secs(30),
             verify_on_hookup: true,
+            verify_concurrency: 8,
+            verify_queue: 10_000,
+            verify_sweep_interval: Duration::from_secs(30),
+            allowed_scopes: vec!["restapi".into(), "openid".into()],
         }
     }
 }
@@ -257,6 +278,10 @@ impl TokenSettings {
             revalidate_after: self.revalidate_after,
             max_backoff: self.max_backoff,
             verify_on_hookup: self.verify_on_hookup,
+            verify_concurrency: self.verify_concurrency,
+            verify_queue: self.verify_queue,
+            verify_sweep_interval: self.verify_sweep_interval,
+            allowed_scopes: self.allowed_scopes.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@ use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::api_keys::ApiKeyCache;
 use broker_service::discovery::Discovery;
 use broker_service::hookup::HookupSecrets;
-use broker_service::tokens::TokenCache;
+use broker_service::tokens::{CredentialChecks, TokenBroker};
 use broker_service::{Broker, Metrics, SystemClock};
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -85,7 +85,9 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     StoreOptions {
         url: settings.database.url.clone(),
         max_connections: settings.database.max_connections,
+        cache_connections: settings.database.cache_connections,
         connect_timeout: settings.database.connect_timeout,
+        acquire_timeout: settings.database.acquire_timeout,
         busy_timeout: settings.database.busy_timeout,
     }
 }
@@ -138,19 +140,27 @@ pub fn broker(
     .map_err(anyhow::Error::msg)?;
     let discovery_upstream = upstream.with_limits(settings.discovery.timeout, 1024 * 1024);
     let token_upstream = upstream;
+    let metrics = Arc::new(Metrics::new());
+    let clock: Arc<dyn broker_service::Clock> = Arc::new(SystemClock);
+    let token_settings = settings.tokens.to_service();
+    let verify_queue = token_settings.verify_queue;
     Ok(Broker {
-        tokens: Arc::new(TokenCache::new(
-            settings.tokens.to_service(),
+        tokens: Arc::new(TokenBroker::new(
+            token_settings,
             token_upstream,
+            store.clone(),
+            metrics.clone(),
+            clock.clone(),
         )),
+        credential_checks: Arc::new(CredentialChecks::new(verify_queue)),
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
         oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)),
         tasks: TaskTracker::new(),
         store,
         policy,
         hookup_secrets: Arc::new(hookup_secrets),
-        metrics: Arc::new(Metrics::new()),
-        clock: Arc::new(SystemClock),
+        metrics,
+        clock,
         discovery: Arc::new(Discovery::new(
             settings.discovery.to_service(),
             discovery_upstream,
@@ -241,6 +251,7 @@ impl Application {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(broker.clone().run_keepalive(stop.child_token()));
+        tasks.spawn(broker.clone().run_credential_checks(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
         } else {

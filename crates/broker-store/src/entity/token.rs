@@ -16,6 +16,8 @@ pub struct Model {
     pub token_type: String,
     pub expires_at: DateTimeUtc,
     pub obtained_at: DateTimeUtc,
+    /// The scope the provider said it granted, when it said.
+    pub granted_scope: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

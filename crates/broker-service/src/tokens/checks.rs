@@ -1,0 +1,144 @@
+//! Background token work, bounded so that it never starves requests: credential checks
+//! after hookups (a queue with a fixed number of workers, and a sweep that picks up checks
+//! that could not run), and the keep-alive of idle grants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{TokenBroker, TokenBrokerError, TokenRequest};
+
+/// The credential-check queue. `schedule` never waits: when the queue is full, the check
+/// is left to the sweep, which finds every client still `unchecked` in the database.
+pub struct CredentialChecks {
+    queue: mpsc::Sender<i64>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<i64>>>,
+    /// Tenants queued or being checked, so that one is never checked twice at once.
+    pending: DashMap<i64, ()>,
+}
+
+impl CredentialChecks {
+    pub fn new(capacity: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
+        Self {
+            queue,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+            pending: DashMap::new(),
+        }
+    }
+
+    /// Asks for a check of the tenant's credentials soon.
+    pub fn schedule(&self, provet_id: i64) {
+        if self.pending.insert(provet_id, ()).is_some() {
+            return;
+        }
+        if self.queue.try_send(provet_id).is_err() {
+            self.pending.remove(&provet_id);
+            tracing::debug!(
+                provet_id,
+                "credential-check queue full; the sweep will pick it up"
+            );
+        }
+    }
+
+    /// Checks waiting or running.
+    pub fn depth(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Runs checks, `concurrency` at a time, until `stop`; every `sweep` looks for
+    /// credentials still unchecked (new on another replica, or not checkable before).
+    pub async fn run(
+        self: Arc<Self>,
+        tokens: Arc<TokenBroker>,
+        concurrency: usize,
+        sweep: Duration,
+        stop: CancellationToken,
+    ) {
+        let Some(mut receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) else {
+            tracing::error!("credential checks started twice");
+            return;
+        };
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let running = TaskTracker::new();
+        let mut tick = tokio::time::interval(sweep.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(provet_id) = receiver.recv() => {
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => p,
+                        _ = stop.cancelled() => break,
+                    };
+                    let Ok(permit) = permit else { break };
+                    let (this, tokens) = (self.clone(), tokens.clone());
+                    running.spawn(async move {
+                        match tokens.check_if_unchecked(provet_id).await {
+                            Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
+                            Err(TokenBrokerError::TenantNotFound(_)) => {}
+                            Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
+                        }
+                        this.pending.remove(&provet_id);
+                        drop(permit);
+                    });
+                }
+                _ = tick.tick() => {
+                    match tokens.store.unchecked_clients(1000).await {
+                        Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
+                        Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
+                    }
+                    tokens.sweep();
+                }
+            }
+        }
+        running.close();
+        running.wait().await;
+    }
+}
+
+impl TokenBroker {
+    /// The background check: only while the credentials are still unchecked (a token
+    /// request may have settled it meanwhile).
+    async fn check_if_unchecked(&self, provet_id: i64) -> Result<(), TokenBrokerError> {
+        match self.store.token_client(provet_id).await? {
+            Some(c)
+                if c.tenant_status == "active"
+                    && c.credentials_state == "unchecked"
+                    && c.grant_type == "client_credentials" =>
+            {
+                self.verify_with(provet_id, Some(Arc::new(c))).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refreshes every active grant not refreshed since `before`, one at a time, so that
+    /// refresh tokens (which die after 30 days unused) never expire on an idle clinic.
+    pub async fn keep_grants_alive(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, broker_store::StoreError> {
+        let stale = self.store.stale_grants(before, 500).await?;
+        let mut refreshed = 0;
+        for (provet_id, subject) in stale {
+            let request = TokenRequest {
+                scope: None,
+                min_ttl: Some(0),
+                force_refresh: true,
+                subject: Some(subject.clone()),
+            };
+            match self.token(provet_id, &request).await {
+                Ok(_) => refreshed += 1,
+                Err(e) => {
+                    tracing::warn!(provet_id, subject, error = %e, "keep-alive refresh failed")
+                }
+            }
+        }
+        Ok(refreshed)
+    }
+}

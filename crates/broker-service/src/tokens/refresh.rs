@@ -1,0 +1,163 @@
+//! Refresh-token rotation for authorization-code tenants. Provet's refresh tokens rotate on
+//! every use with no grace period, so: one refresh per grant at a time (the single flight in
+//! this process, the lease across replicas); the grant is read again once the lease is
+//! held; the rotated refresh token and the new access token are committed, with a
+//! compare-and-set on the refresh token that was used, before anyone gets the token.
+
+use broker_oauth::token::{self as oauth, TokenError};
+use broker_store::{StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use secrecy::ExposeSecret;
+
+use super::policy::RequestContext;
+use super::{BrokeredToken, Source, TokenBroker, TokenBrokerError, Turn, answer, reconnect};
+
+enum RefreshFailure {
+    /// The grant cannot be used any more: a clinic user must connect again.
+    GrantLost(String),
+    Token(TokenError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RefreshFailure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl TokenBroker {
+    /// The grant's cached access token, or a refresh.
+    pub(super) async fn refresh_grant(
+        &self,
+        client: &TokenClientRecord,
+        key: &TokenKey,
+        ctx: &RequestContext,
+    ) -> Result<BrokeredToken, TokenBrokerError> {
+        let provet_id = key.provet_id;
+        let (lease, stored) = match self.take_turn(key, ctx).await? {
+            Turn::Served(token) => return Ok(token),
+            Turn::Ours { lease, stored } => (lease, stored),
+        };
+        let result = self.refresh_holding(client, key, &lease).await;
+        if result.is_err() {
+            // On success the lease went with the commit.
+            self.store.release_token_lease(&lease).await?;
+        }
+        match result {
+            Ok(token) => {
+                self.memory.remember(key, &token, self.now());
+                self.memory.clear_backoff(provet_id);
+                Ok(answer(key, &token, Source::Provider))
+            }
+            Err(RefreshFailure::GrantLost(detail)) => {
+                self.memory.forget(provet_id);
+                Err(reconnect(provet_id, &detail))
+            }
+            Err(RefreshFailure::Token(e)) => {
+                self.token_failed(client, key, stored.as_ref(), ctx, e, self.now())
+                    .await
+            }
+            Err(RefreshFailure::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Refreshes while holding the lease. On `invalid_grant` the grant is read once more, in
+    /// case it was rotated meanwhile; only a second refusal marks it
+    /// `reauthorization_required`.
+    async fn refresh_holding(
+        &self,
+        client: &TokenClientRecord,
+        key: &TokenKey,
+        lease: &TokenLease,
+    ) -> Result<StoredToken, RefreshFailure> {
+        let mut retried = false;
+        loop {
+            let grant = self
+                .store
+                .grant(key.provet_id, &key.client_id, Some(&key.subject))
+                .await?
+                .filter(|g| g.state == "active")
+                .ok_or_else(|| RefreshFailure::GrantLost("the grant is no longer active".into()))?;
+            let Some(refresh_token) = grant.refresh_token.clone() else {
+                return Err(RefreshFailure::GrantLost(
+                    "the provider gave no refresh token".into(),
+                ));
+            };
+            let started = tokio::time::Instant::now();
+            let result = oauth::refresh(
+                &self.upstream,
+                &crate::authorizations::token_client(client),
+                &refresh_token,
+                &grant.scope,
+            )
+            .await;
+            let now = self.now();
+            match result {
+                Ok(issued) => {
+                    self.metrics.upstream_token_request("ok", started.elapsed());
+                    self.metrics.refresh(if retried { "retried" } else { "ok" });
+                    let token = self.stored_token(&issued, now);
+                    let saved = self
+                        .store
+                        .save_refreshed_grant(
+                            &grant,
+                            issued.refresh_token.as_ref(),
+                            key,
+                            &token,
+                            Some(lease),
+                            now,
+                        )
+                        .await?;
+                    if saved {
+                        tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
+                    } else {
+                        // Someone rotated the grant while our lease ran out; theirs is the
+                        // one stored. Our access token is still good to hand out.
+                        tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "the grant was rotated elsewhere during this refresh; kept the other rotation");
+                    }
+                    return Ok(token);
+                }
+                Err(e) if e.is_invalid_grant() => {
+                    self.metrics
+                        .upstream_token_request("rejected", started.elapsed());
+                    let current = self
+                        .store
+                        .grant(key.provet_id, &key.client_id, Some(&key.subject))
+                        .await?;
+                    let rotated = current
+                        .as_ref()
+                        .and_then(|g| g.refresh_token.as_ref())
+                        .is_some_and(|t| t.expose_secret() != refresh_token.expose_secret());
+                    if rotated && !retried {
+                        retried = true;
+                        tracing::warn!(
+                            provet_id = key.provet_id,
+                            "invalid_grant with a refresh token rotated meanwhile; retrying with the newer one"
+                        );
+                        continue;
+                    }
+                    self.metrics.refresh("invalid_grant");
+                    let detail = format!("the provider answered {e}");
+                    self.store
+                        .set_grant_state(
+                            key.provet_id,
+                            &key.client_id,
+                            &key.subject,
+                            "reauthorization_required",
+                            Some(&detail),
+                            now,
+                        )
+                        .await?;
+                    tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
+                    return Err(RefreshFailure::GrantLost(detail));
+                }
+                Err(e) => {
+                    let outcome = super::error_outcome(&e);
+                    self.metrics
+                        .upstream_token_request(outcome, started.elapsed());
+                    self.metrics.refresh(outcome);
+                    return Err(RefreshFailure::Token(e));
+                }
+            }
+        }
+    }
+}

@@ -173,3 +173,20 @@ pub fn provider_env() -> Vec<(String, String)> {
         ),
     ]
 }
+
+impl Provider {
+    /// Every token-endpoint request the provider answered, for every tenant (one read for
+    /// tests that count over hundreds of tenants).
+    pub async fn all_token_requests(&self) -> Vec<Value> {
+        let all: Value = self
+            .client()
+            .get(format!("{}/_test/token-requests", self.base))
+            .send()
+            .await
+            .expect("token requests")
+            .json()
+            .await
+            .expect("json");
+        all.as_array().cloned().unwrap_or_default()
+    }
+}

@@ -249,16 +249,23 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from providers and treated as absent).
+/// The longest wait a provider's `Retry-After` may impose (a larger one is clamped to it).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest JWKS lifetime a provider's `Cache-Control: max-age` may claim.
+pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` in seconds, at most `MAX_RETRY_AFTER` (the HTTP-date form is rare from
+/// providers and treated as absent). Providers control this number: an absurd one must not
+/// overflow the caller's clock arithmetic.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|v| parse_seconds(v.trim()))
+        .map(|d| d.min(MAX_RETRY_AFTER))
 }
 
-/// `Cache-Control: max-age=N`.
+/// `Cache-Control: max-age=N`, at most `MAX_JWKS_MAX_AGE`.
 pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all(reqwest::header::CACHE_CONTROL)
@@ -266,6 +273,66 @@ pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|d| d.trim().strip_prefix("max-age="))
-        .find_map(|n| n.trim_matches('"').parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .find_map(|n| parse_seconds(n.trim_matches('"')))
+        .map(|d| d.min(MAX_JWKS_MAX_AGE))
+}
+
+/// A non-negative decimal number of seconds; digits beyond `u64` saturate instead of
+/// failing (the caller clamps anyway).
+fn parse_seconds(text: &str) -> Option<Duration> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{CACHE_CONTROL, HeaderValue, RETRY_AFTER};
+
+    fn headers(name: reqwest::header::HeaderName, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_is_clamped() {
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "7")),
+            Some(Duration::from_secs(7))
+        );
+        for huge in ["18446744073709551615", "99999999999999999999999"] {
+            assert_eq!(
+                retry_after(&headers(RETRY_AFTER, huge)),
+                Some(MAX_RETRY_AFTER)
+            );
+        }
+        assert_eq!(retry_after(&headers(RETRY_AFTER, "-1")), None);
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+    }
+
+    #[test]
+    fn max_age_is_clamped() {
+        assert_eq!(
+            max_age(&headers(CACHE_CONTROL, "public, max-age=3600")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            max_age(&headers(CACHE_CONTROL, "max-age=100000000000000")),
+            Some(MAX_JWKS_MAX_AGE)
+        );
+        assert_eq!(
+            max_age(&headers(
+                CACHE_CONTROL,
+                "max-age=\"99999999999999999999999\""
+            )),
+            Some(MAX_JWKS_MAX_AGE)
+        );
+        assert_eq!(max_age(&headers(CACHE_CONTROL, "no-store")), None);
+    }
 }

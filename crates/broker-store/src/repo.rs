@@ -437,11 +437,19 @@ impl Store {
             .collect())
     }
 
-    /// The tenant removed the integration: mark it removed and wipe every secret it had.
-    /// Returns false for an unknown tenant.
+    /// The tenant removed the integration: mark it removed and wipe every secret it had, and
+    /// its departments (a re-installation starts from what it sends). Returns false for an
+    /// unknown tenant.
     pub async fn remove_tenant(&self, provet_id: i64, now: DateTime<Utc>) -> Result<bool> {
         let w = self.begin_write().await?;
-        let Some(t) = tenant::Entity::find_by_id(provet_id).one(&w.tx).await? else {
+        // Lock the tenant row first, as `apply_hookup` does: a removal and a hookup for one
+        // tenant then run one after the other, in the same lock order (no deadlock), and the
+        // removal sees every client row a hookup committed before it.
+        let mut select = tenant::Entity::find_by_id(provet_id);
+        if self.is_postgres() {
+            select = select.lock_exclusive();
+        }
+        let Some(t) = select.one(&w.tx).await? else {
             return Ok(false);
         };
         client::Entity::update_many()
@@ -464,6 +472,10 @@ impl Store {
             )
             .col_expr(grant::Column::UpdatedAt, now.into())
             .filter(grant::Column::ProvetId.eq(provet_id))
+            .exec(&w.tx)
+            .await?;
+        department::Entity::delete_many()
+            .filter(department::Column::ProvetId.eq(provet_id))
             .exec(&w.tx)
             .await?;
         if t.status != "removed" {

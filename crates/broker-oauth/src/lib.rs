@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_domain::UrlPolicy;
+use broker_domain::hosts::is_internal;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 /// Limits for upstream calls.
@@ -23,6 +25,12 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// The largest body read from a provider.
     pub max_body: usize,
+    /// The one proxy every provider call goes through (`upstream.proxy`), if any. Proxy
+    /// variables of the environment (`HTTPS_PROXY`, `ALL_PROXY` ...) are never used: they
+    /// would bypass the address guard and hand client secrets to whoever the environment
+    /// names. With a proxy, the connect-time address guard checks the proxy's address (the
+    /// proxy resolves the provider's name); the allowlist still checks every URL's host.
+    pub proxy: Option<SecretString>,
 }
 
 impl Default for UpstreamConfig {
@@ -31,6 +39,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
             max_body: 1024 * 1024,
+            proxy: None,
         }
     }
 }
@@ -84,13 +93,19 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(policy: Arc<UrlPolicy>, config: UpstreamConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            // No proxy from the environment, ever; only the configured one.
+            .no_proxy()
             .dns_resolver(Arc::new(resolver::GuardedResolver::new(Arc::new(
                 policy.allowlist.clone(),
             ))))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("provet-broker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("provet-broker/", env!("CARGO_PKG_VERSION")));
+        if let Some(proxy) = &config.proxy {
+            builder = builder.proxy(configured_proxy(proxy, &policy)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
@@ -110,6 +125,7 @@ impl Upstream {
                 connect_timeout: self.config.connect_timeout,
                 timeout,
                 max_body,
+                proxy: self.config.proxy.clone(),
             },
         }
     }
@@ -240,6 +256,33 @@ impl Upstream {
     }
 }
 
+/// `upstream.proxy` as a reqwest proxy for every scheme. Messages never repeat the URL (it
+/// may carry credentials). A proxy named by a literal internal address must be listed
+/// exactly in the allowlist, as a provider's would: names are checked when they resolve.
+fn configured_proxy(proxy: &SecretString, policy: &UrlPolicy) -> Result<reqwest::Proxy, String> {
+    let url = Url::parse(proxy.expose_secret().trim())
+        .map_err(|e| format!("upstream.proxy is not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("upstream.proxy must be an http:// or https:// URL".into());
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+        None => return Err("upstream.proxy must name a host".into()),
+    };
+    if let Some(ip) = literal
+        && is_internal(ip)
+        && !policy.allowlist.lists_exactly(&ip.to_string())
+    {
+        return Err(format!(
+            "upstream.proxy is at the private, loopback or link-local address {ip}: the address guard checks the proxy's address, so list {ip} exactly in hookup.allowed_hosts to allow it"
+        ));
+    }
+    reqwest::Proxy::all(url.as_str())
+        .map_err(|_| "upstream.proxy is not a usable proxy URL".to_owned())
+}
+
 /// The innermost cause, which says what happened ("Connection refused (os error 111)").
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;
@@ -295,6 +338,30 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(value).unwrap());
         h
+    }
+
+    fn policy(hosts: &[&str]) -> UrlPolicy {
+        UrlPolicy {
+            allowlist: broker_domain::HostAllowlist::new(hosts.iter().copied()).unwrap(),
+            allow_http: true,
+        }
+    }
+
+    #[test]
+    fn a_proxy_on_an_internal_address_must_be_listed() {
+        let proxy = SecretString::from("http://user:pw@10.0.0.5:3128");
+        let err = configured_proxy(&proxy, &policy(&["provetcloud.com"])).unwrap_err();
+        assert!(err.contains("10.0.0.5") && !err.contains("pw"), "{err}");
+        assert!(configured_proxy(&proxy, &policy(&["10.0.0.5"])).is_ok());
+        assert!(
+            configured_proxy(
+                &SecretString::from("http://proxy.example:3128"),
+                &policy(&["provetcloud.com"])
+            )
+            .is_ok()
+        );
+        let err = configured_proxy(&SecretString::from("socks5://x:1"), &policy(&[])).unwrap_err();
+        assert!(err.contains("http"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Settings {
     pub discovery: DiscoverySettings,
     pub tokens: TokenSettings,
     pub oauth: OAuthSettings,
+    pub upstream: UpstreamSettings,
     pub log: LogSettings,
 }
 
@@ -303,6 +304,35 @@ impl OAuthSettings {
             keepalive_interval: self.keepalive_interval,
             leeway: self.id_token_leeway,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// The proxy for every provider call (discovery, JWKS, tokens), e.g.
+    /// `http://user:password@proxy.internal:3128`. Empty: none. Proxy environment variables
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`) are never used. With a proxy, the
+    /// connect-time address guard checks the proxy's address, not the provider's (the proxy
+    /// resolves the provider's name): a proxy on a private or loopback address must be listed
+    /// exactly in `hookup.allowed_hosts`, and the proxy itself must refuse internal targets.
+    pub proxy: SecretString,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            proxy: SecretString::from(String::new()),
+        }
+    }
+}
+
+impl UpstreamSettings {
+    /// The proxy, when one is configured.
+    pub fn proxy(&self) -> Option<SecretString> {
+        use secrecy::ExposeSecret;
+        let proxy = self.proxy.expose_secret().trim();
+        (!proxy.is_empty()).then(|| SecretString::from(proxy.to_owned()))
     }
 }
 

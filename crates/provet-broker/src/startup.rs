@@ -189,6 +189,7 @@ pub fn broker(
             connect_timeout: settings.tokens.connect_timeout,
             timeout: settings.tokens.timeout,
             max_body: 256 * 1024,
+            proxy: settings.upstream.proxy(),
         },
     )
     .map_err(anyhow::Error::msg)?;

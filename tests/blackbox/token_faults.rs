@@ -155,9 +155,13 @@ async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
         (status, first["access_token"].clone()),
         (200, json!("first-token"))
     );
-    // The provider now sends garbage, then 500s; the cached token still has ~600 s, which
-    // meets min_ttl 60: callers keep getting it.
-    let (status, served) = token(&d, &key, 7, Some(json!({"force_refresh": true}))).await;
+    // The provider now sends garbage, then 500s. A caller forcing a refresh wanted a new
+    // token (its old one failed): it hears 503 with Retry-After, not the old token.
+    let (status, problem) = token(&d, &key, 7, Some(json!({"force_refresh": true}))).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "upstream_unavailable");
+    // The cached token still has ~600 s, which meets min_ttl 60: other callers keep it.
+    let (status, served) = token(&d, &key, 7, None).await;
     assert_eq!(status, 200, "{served}");
     assert_eq!(served["access_token"], "first-token");
     // A caller who needs more life than it has gets the failure.

@@ -427,8 +427,8 @@ impl Parser<'_> {
                 format!("must be at most {MAX_CLIENT_ID_LEN} bytes"),
             );
             None
-        } else if s.chars().any(char::is_control) {
-            self.error("client_id", "must not contain control characters");
+        } else if let Some(c) = s.chars().find(|c| is_invisible(*c)) {
+            self.error("client_id", invisible_message(c));
             None
         } else {
             Some(s.clone())
@@ -500,6 +500,10 @@ impl Parser<'_> {
             );
             return None;
         };
+        if let Some(c) = s.chars().find(|c| is_invisible(*c)) {
+            self.error("redirect_uris", invisible_message(c));
+            return None;
+        }
         let mut uris = Vec::new();
         let mut ok = true;
         for (i, raw) in s.split_whitespace().enumerate() {
@@ -548,6 +552,10 @@ impl Parser<'_> {
     fn check_url(&mut self, field: &str, raw: &str) -> Option<Option<Url>> {
         if raw.len() > MAX_URL_LEN {
             self.error(field, format!("must be at most {MAX_URL_LEN} bytes"));
+            return None;
+        }
+        if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
+            self.error(field, invisible_message(c));
             return None;
         }
         match self.policy.check(raw) {
@@ -621,6 +629,51 @@ impl Parser<'_> {
             _ => None,
         }
     }
+}
+
+/// Unicode format characters (general category Cf: U+200B zero width space, U+202E
+/// right-to-left override, U+2066 isolates, U+FEFF ...), as of Unicode 16.
+const FORMAT_CHARACTERS: [(char, char); 21] = [
+    ('\u{ad}', '\u{ad}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{6dd}', '\u{6dd}'),
+    ('\u{70f}', '\u{70f}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8e2}', '\u{8e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{202a}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{110cd}', '\u{110cd}'),
+    ('\u{13430}', '\u{1343f}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0001}', '\u{e0001}'),
+    ('\u{e0020}', '\u{e007f}'),
+];
+
+/// Characters an identifier must not hide: controls (Cc), format characters (Cf: invisible
+/// and bidirectional controls, which make one id look like another), and the line and
+/// paragraph separators (Zl, Zp).
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || c == '\u{2028}'
+        || c == '\u{2029}'
+        || FORMAT_CHARACTERS
+            .iter()
+            .any(|(first, last)| (*first..=*last).contains(&c))
+}
+
+fn invisible_message(c: char) -> String {
+    format!(
+        "must not contain control, invisible or bidirectional formatting characters (found U+{:04X})",
+        u32::from(c)
+    )
 }
 
 /// An integral JSON number (1.0 counts, 1.5 does not) that fits an i64.
@@ -782,6 +835,37 @@ mod tests {
         let mut v = valid();
         v["client_secret"] = Value::Null;
         assert_eq!(fields(&v), ["client_secret"]);
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_identifiers() {
+        for bad in [
+            "abc\u{200B}",
+            "\u{202E}cba",
+            "a\u{2066}b",
+            "ab\u{FEFF}",
+            "a\u{00AD}b",
+            "a\u{2028}b",
+            "a\u{7}b",
+            "a\u{E0041}",
+        ] {
+            let mut v = valid();
+            v["client_id"] = bad.into();
+            assert_eq!(fields(&v), ["client_id"], "{bad:?}");
+        }
+        let mut v = valid();
+        v["client_id"] = "abc\u{200B}".into();
+        let Err(ParseError::Invalid(errors)) = parse(&v) else {
+            panic!("accepted")
+        };
+        assert!(errors[0].message.contains("U+200B"), "{errors:?}");
+        let mut v = valid();
+        v["token_url"] = "https://us.provetcloud.com/7/\u{202E}oauth2/token/".into();
+        assert_eq!(fields(&v), ["token_url"]);
+        // Letters of any script are fine.
+        let mut v = valid();
+        v["client_id"] = "klinikka-äö-クリニック".into();
+        assert!(parse(&v).is_ok());
     }
 
     #[test]

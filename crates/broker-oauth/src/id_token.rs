@@ -1,6 +1,7 @@
 //! ID-token checks: the signature per the client's `algorithm` (RS256 against the tenant's
 //! JWKS, HS256 with the client secret as the key), then `iss`, `aud`, `exp`, `iat` (with a
-//! small leeway) and `nonce`.
+//! small leeway), `nonce`, and `azp` (OpenID Connect Core 3.1.3.7: with several audiences
+//! the authorized party must be us; a present `azp` must always be us).
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -22,6 +23,31 @@ pub struct Claims {
     pub sub: Option<String>,
     pub nonce: Option<String>,
     pub iat: Option<i64>,
+    /// A string or an array of strings (checked by the decoder to contain the client id).
+    #[serde(default)]
+    pub aud: Audience,
+    /// The authorized party: the client the token was issued to.
+    pub azp: Option<String>,
+}
+
+/// `aud`: one audience or several.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Several(Vec<String>),
+    #[default]
+    None,
+}
+
+impl Audience {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Several(v) => v.len(),
+            Self::None => 0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +64,12 @@ pub enum IdTokenError {
     NonceMismatch,
     #[error("the ID token was issued in the future")]
     IssuedInTheFuture,
+    #[error(
+        "the ID token names several audiences, and its authorized party (azp) is not this client"
+    )]
+    AuthorizedPartyMissing,
+    #[error("the ID token's authorized party (azp) is another client")]
+    AuthorizedPartyMismatch,
 }
 
 /// The key to check a signature with.
@@ -94,5 +126,92 @@ pub fn verify(
     {
         return Err(IdTokenError::NonceMismatch);
     }
+    check_authorized_party(&claims, expected.client_id)?;
     Ok(claims)
+}
+
+/// OpenID Connect Core 3.1.3.7, items 4 and 5: a token for several audiences must name us as
+/// its authorized party; an `azp` that is present must be us.
+fn check_authorized_party(claims: &Claims, client_id: &str) -> Result<(), IdTokenError> {
+    match claims.azp.as_deref() {
+        Some(azp) if azp != client_id => Err(IdTokenError::AuthorizedPartyMismatch),
+        None if claims.aud.len() > 1 => Err(IdTokenError::AuthorizedPartyMissing),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    const KEY: &[u8] = b"a test-only HS256 key of enough length";
+
+    fn token(aud: Value, azp: Option<&str>) -> String {
+        let mut claims = json!({
+            "iss": "https://provider.test/7/oauth2", "aud": aud, "sub": "user",
+            "exp": 4_000_000_000i64, "iat": 1_700_000_000i64,
+        });
+        if let Some(azp) = azp {
+            claims["azp"] = json!(azp);
+        }
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(KEY).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn check(aud: Value, azp: Option<&str>) -> Result<Claims, IdTokenError> {
+        verify(
+            &token(aud, azp),
+            Algorithm::HS256,
+            VerificationKey::Secret(KEY),
+            &Expected {
+                issuer: "https://provider.test/7/oauth2",
+                client_id: "us",
+                nonce: None,
+                leeway: 60,
+                now: 1_700_000_000,
+            },
+        )
+    }
+
+    #[test]
+    fn one_audience_needs_no_azp() {
+        assert!(check(json!("us"), None).is_ok());
+        assert!(check(json!(["us"]), None).is_ok());
+        assert!(check(json!("us"), Some("us")).is_ok());
+    }
+
+    #[test]
+    fn several_audiences_need_our_azp() {
+        assert_eq!(
+            check(json!(["us", "them"]), None).unwrap_err(),
+            IdTokenError::AuthorizedPartyMissing
+        );
+        assert_eq!(
+            check(json!(["us", "them"]), Some("them")).unwrap_err(),
+            IdTokenError::AuthorizedPartyMismatch
+        );
+        assert!(check(json!(["us", "them"]), Some("us")).is_ok());
+    }
+
+    #[test]
+    fn a_present_azp_must_be_us() {
+        assert_eq!(
+            check(json!("us"), Some("them")).unwrap_err(),
+            IdTokenError::AuthorizedPartyMismatch
+        );
+    }
+
+    #[test]
+    fn a_token_for_others_only_is_refused() {
+        assert!(matches!(
+            check(json!(["them", "others"]), Some("us")).unwrap_err(),
+            IdTokenError::Invalid(_)
+        ));
+    }
 }

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_domain::UrlPolicy;
+use broker_domain::hosts::is_internal;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 /// Limits for upstream calls.
@@ -23,6 +25,12 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// The largest body read from a provider.
     pub max_body: usize,
+    /// The one proxy every provider call goes through (`upstream.proxy`), if any. Proxy
+    /// variables of the environment (`HTTPS_PROXY`, `ALL_PROXY` ...) are never used: they
+    /// would bypass the address guard and hand client secrets to whoever the environment
+    /// names. With a proxy, the connect-time address guard checks the proxy's address (the
+    /// proxy resolves the provider's name); the allowlist still checks every URL's host.
+    pub proxy: Option<SecretString>,
 }
 
 impl Default for UpstreamConfig {
@@ -31,6 +39,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
             max_body: 1024 * 1024,
+            proxy: None,
         }
     }
 }
@@ -84,13 +93,19 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(policy: Arc<UrlPolicy>, config: UpstreamConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            // No proxy from the environment, ever; only the configured one.
+            .no_proxy()
             .dns_resolver(Arc::new(resolver::GuardedResolver::new(Arc::new(
                 policy.allowlist.clone(),
             ))))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("provet-broker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("provet-broker/", env!("CARGO_PKG_VERSION")));
+        if let Some(proxy) = &config.proxy {
+            builder = builder.proxy(configured_proxy(proxy, &policy)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
@@ -110,6 +125,7 @@ impl Upstream {
                 connect_timeout: self.config.connect_timeout,
                 timeout,
                 max_body,
+                proxy: self.config.proxy.clone(),
             },
         }
     }
@@ -240,6 +256,33 @@ impl Upstream {
     }
 }
 
+/// `upstream.proxy` as a reqwest proxy for every scheme. Messages never repeat the URL (it
+/// may carry credentials). A proxy named by a literal internal address must be listed
+/// exactly in the allowlist, as a provider's would: names are checked when they resolve.
+fn configured_proxy(proxy: &SecretString, policy: &UrlPolicy) -> Result<reqwest::Proxy, String> {
+    let url = Url::parse(proxy.expose_secret().trim())
+        .map_err(|e| format!("upstream.proxy is not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("upstream.proxy must be an http:// or https:// URL".into());
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+        None => return Err("upstream.proxy must name a host".into()),
+    };
+    if let Some(ip) = literal
+        && is_internal(ip)
+        && !policy.allowlist.lists_exactly(&ip.to_string())
+    {
+        return Err(format!(
+            "upstream.proxy is at the private, loopback or link-local address {ip}: the address guard checks the proxy's address, so list {ip} exactly in hookup.allowed_hosts to allow it"
+        ));
+    }
+    reqwest::Proxy::all(url.as_str())
+        .map_err(|_| "upstream.proxy is not a usable proxy URL".to_owned())
+}
+
 /// The innermost cause, which says what happened ("Connection refused (os error 111)").
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;
@@ -249,16 +292,23 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from providers and treated as absent).
+/// The longest wait a provider's `Retry-After` may impose (a larger one is clamped to it).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest JWKS lifetime a provider's `Cache-Control: max-age` may claim.
+pub const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` in seconds, at most `MAX_RETRY_AFTER` (the HTTP-date form is rare from
+/// providers and treated as absent). Providers control this number: an absurd one must not
+/// overflow the caller's clock arithmetic.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|v| parse_seconds(v.trim()))
+        .map(|d| d.min(MAX_RETRY_AFTER))
 }
 
-/// `Cache-Control: max-age=N`.
+/// `Cache-Control: max-age=N`, at most `MAX_JWKS_MAX_AGE`.
 pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all(reqwest::header::CACHE_CONTROL)
@@ -266,6 +316,90 @@ pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|d| d.trim().strip_prefix("max-age="))
-        .find_map(|n| n.trim_matches('"').parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .find_map(|n| parse_seconds(n.trim_matches('"')))
+        .map(|d| d.min(MAX_JWKS_MAX_AGE))
+}
+
+/// A non-negative decimal number of seconds; digits beyond `u64` saturate instead of
+/// failing (the caller clamps anyway).
+fn parse_seconds(text: &str) -> Option<Duration> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{CACHE_CONTROL, HeaderValue, RETRY_AFTER};
+
+    fn headers(name: reqwest::header::HeaderName, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    fn policy(hosts: &[&str]) -> UrlPolicy {
+        UrlPolicy {
+            allowlist: broker_domain::HostAllowlist::new(hosts.iter().copied()).unwrap(),
+            allow_http: true,
+        }
+    }
+
+    #[test]
+    fn a_proxy_on_an_internal_address_must_be_listed() {
+        let proxy = SecretString::from("http://user:pw@10.0.0.5:3128");
+        let err = configured_proxy(&proxy, &policy(&["provetcloud.com"])).unwrap_err();
+        assert!(err.contains("10.0.0.5") && !err.contains("pw"), "{err}");
+        assert!(configured_proxy(&proxy, &policy(&["10.0.0.5"])).is_ok());
+        assert!(
+            configured_proxy(
+                &SecretString::from("http://proxy.example:3128"),
+                &policy(&["provetcloud.com"])
+            )
+            .is_ok()
+        );
+        let err = configured_proxy(&SecretString::from("socks5://x:1"), &policy(&[])).unwrap_err();
+        assert!(err.contains("http"), "{err}");
+    }
+
+    #[test]
+    fn retry_after_is_clamped() {
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "7")),
+            Some(Duration::from_secs(7))
+        );
+        for huge in ["18446744073709551615", "99999999999999999999999"] {
+            assert_eq!(
+                retry_after(&headers(RETRY_AFTER, huge)),
+                Some(MAX_RETRY_AFTER)
+            );
+        }
+        assert_eq!(retry_after(&headers(RETRY_AFTER, "-1")), None);
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+    }
+
+    #[test]
+    fn max_age_is_clamped() {
+        assert_eq!(
+            max_age(&headers(CACHE_CONTROL, "public, max-age=3600")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            max_age(&headers(CACHE_CONTROL, "max-age=100000000000000")),
+            Some(MAX_JWKS_MAX_AGE)
+        );
+        assert_eq!(
+            max_age(&headers(
+                CACHE_CONTROL,
+                "max-age=\"99999999999999999999999\""
+            )),
+            Some(MAX_JWKS_MAX_AGE)
+        );
+        assert_eq!(max_age(&headers(CACHE_CONTROL, "no-store")), None);
+    }
 }

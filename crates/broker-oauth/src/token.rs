@@ -56,13 +56,22 @@ impl ExtraTokenFields for IdTokenField {}
 
 type OidcTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
 
+/// The longest lifetime a provider's `expires_in` (or a JWT's `exp`) may claim. Provet's
+/// tokens live 10 hours; a larger number is believed only up to here, so that an absurd one
+/// (`10^13` seconds) cannot overflow expiry arithmetic, and the token is simply refreshed
+/// earlier than the provider would require.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// The latest `exp` a JWT may claim (9999-12-31T23:59:59Z): later ones are read as this.
+const MAX_JWT_EXP: u64 = 253_402_300_799;
+
 /// A token the provider issued.
 pub struct IssuedToken {
     /// The ID token, unverified, when the scope had `openid`.
     pub id_token: Option<String>,
     pub access_token: SecretString,
     pub token_type: String,
-    /// `expires_in` as sent, if it was.
+    /// `expires_in` as sent, if it was, at most `MAX_EXPIRES_IN`.
     pub expires_in: Option<Duration>,
     pub refresh_token: Option<SecretString>,
     /// The granted scope, space separated, if the provider said.
@@ -266,7 +275,7 @@ fn issued(
                 t if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
                 t => t.to_owned(),
             },
-            expires_in: token.expires_in(),
+            expires_in: token.expires_in().map(|d| d.min(MAX_EXPIRES_IN)),
             refresh_token: token
                 .refresh_token()
                 .map(|r| SecretString::from(r.secret().to_owned())),
@@ -316,7 +325,8 @@ fn error_code(kind: &BasicErrorResponseType) -> String {
     kind.as_ref().to_owned()
 }
 
-/// The `exp` of a JWT access token, read without verifying it (only to schedule a refresh).
+/// The `exp` of a JWT access token, read without verifying it (only to schedule a refresh);
+/// at most the year 9999, so that adding it to a date cannot overflow.
 pub fn jwt_expiry(token: &str) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Claims {
@@ -324,7 +334,17 @@ pub fn jwt_expiry(token: &str) -> Option<u64> {
     }
     jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token)
         .ok()
-        .map(|c| c.exp)
+        .map(|c| c.exp.min(MAX_JWT_EXP))
+}
+
+/// How long a JWT access token has left at `now` (Unix seconds), at most `MAX_EXPIRES_IN`;
+/// `None` when it has no readable `exp` or has expired.
+pub fn jwt_lifetime(token: &str, now: i64) -> Option<Duration> {
+    let now = u64::try_from(now).ok()?;
+    jwt_expiry(token)?
+        .checked_sub(now)
+        .filter(|left| *left > 0)
+        .map(|left| Duration::from_secs(left).min(MAX_EXPIRES_IN))
 }
 
 /// Revokes a refresh token at the provider's revocation endpoint (RFC 7009), with the same
@@ -380,5 +400,43 @@ pub async fn revoke(
             code: format!("HTTP {}", response.status.as_u16()),
             description: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(exp: u64) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(b"test-only").unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn absurd_jwt_expiries_are_clamped() {
+        assert_eq!(jwt_expiry(&jwt(u64::MAX)), Some(MAX_JWT_EXP));
+        assert_eq!(jwt_expiry(&jwt(1_000)), Some(1_000));
+        assert_eq!(
+            jwt_lifetime(&jwt(10_000_000_000_000), 1_700_000_000),
+            Some(MAX_EXPIRES_IN)
+        );
+        assert_eq!(
+            jwt_lifetime(&jwt(1_700_000_600), 1_700_000_000),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(jwt_lifetime(&jwt(1_000), 1_700_000_000), None);
+    }
+
+    #[test]
+    fn a_huge_expires_in_is_clamped() {
+        let body =
+            br#"{"access_token": "a", "token_type": "Bearer", "expires_in": 10000000000000}"#;
+        let token: OidcTokenResponse = serde_json::from_slice(body).unwrap();
+        let issued = issued(Ok(token)).unwrap();
+        assert_eq!(issued.expires_in, Some(MAX_EXPIRES_IN));
     }
 }

@@ -96,6 +96,13 @@ fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// When a JWKS fetched at `now` with `max_age` goes stale: the provider's number, bounded
+/// (`MAX_JWKS_MAX_AGE`) so that no `max-age` can overflow the date.
+fn jwks_expiry(now: DateTime<Utc>, max_age: Duration) -> DateTime<Utc> {
+    let age = to_chrono(max_age.min(broker_oauth::MAX_JWKS_MAX_AGE));
+    now.checked_add_signed(age).unwrap_or(now)
+}
+
 /// How one run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -272,7 +279,7 @@ impl Broker {
         for w in &warnings {
             tracing::warn!(warning = %w, "discovery warning");
         }
-        let jwks_expires_at = found.jwks.max_age.map(|age| now + to_chrono(age));
+        let jwks_expires_at = found.jwks.max_age.map(|age| jwks_expiry(now, age));
         let success = DiscoverySuccess {
             issuer: found.issuer.clone(),
             document: found.document,
@@ -356,7 +363,7 @@ impl Broker {
         }
         match oidc::fetch_jwks(&self.discovery().upstream, &jwks_uri).await {
             Ok(jwks) => {
-                let expires = jwks.max_age.map(|age| now + to_chrono(age));
+                let expires = jwks.max_age.map(|age| jwks_expiry(now, age));
                 self.store
                     .store_jwks(provet_id, &jwks.keys, expires, now)
                     .await?;
@@ -403,4 +410,26 @@ fn url_host(url: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_jwks_max_age_is_bounded() {
+        let now = Utc::now();
+        assert_eq!(
+            jwks_expiry(now, Duration::from_secs(100_000_000_000_000)),
+            now + chrono::Duration::days(1)
+        );
+        assert_eq!(
+            jwks_expiry(now, Duration::from_secs(60)),
+            now + chrono::Duration::seconds(60)
+        );
+        assert_eq!(
+            jwks_expiry(now, Duration::MAX),
+            now + chrono::Duration::days(1)
+        );
+    }
 }

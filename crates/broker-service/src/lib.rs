@@ -27,6 +27,7 @@ pub struct Broker {
     pub store: Store,
     pub policy: Arc<UrlPolicy>,
     pub hookup_secrets: Arc<hookup::HookupSecrets>,
+    pub hookup_writer: Arc<hookup::HookupWriter>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub discovery: Arc<discovery::Discovery>,
@@ -106,6 +107,14 @@ impl Broker {
                 Err(e) => tracing::warn!(error = %e, "keep-alive could not list grants"),
             }
         }
+    }
+
+    /// Runs the hookup writers (group commit) until `stop`.
+    pub async fn run_hookup_writer(self, stop: tokio_util::sync::CancellationToken) {
+        self.hookup_writer
+            .clone()
+            .run(self.store.clone(), stop)
+            .await;
     }
 
     /// Runs the credential-check queue until `stop`.

@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 const FORMAT: &str = "v1";
 const NONCE_LEN: usize = 12;
+/// A key id: 8 bytes, hex.
+pub const KEY_ID_LEN: usize = 16;
+/// The characters of a stored value that name its key: `v1:<key id>:`.
+pub const KEY_PREFIX_LEN: usize = FORMAT.len() + 1 + KEY_ID_LEN + 1;
 
 /// Why a secret could not be sealed or opened. Never carries plaintext.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -152,10 +156,22 @@ impl Keyring {
             .map_err(|_| CryptoError::Forged)
     }
 
+    /// Whether `id` is the current key's or a previous key's.
+    pub fn has_key(&self, id: &str) -> bool {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|k| k.id == id)
+    }
+
     /// Whether a stored value was sealed with the current key.
     pub fn is_current(&self, stored: &str) -> bool {
         matches!(parse(stored), Ok((id, _)) if id == self.current.id)
     }
+}
+
+/// The id of the key that sealed `stored` (or its `KEY_PREFIX_LEN` first characters).
+pub fn key_id_of(stored: &str) -> Option<&str> {
+    parse(stored).ok().map(|(id, _)| id)
 }
 
 fn parse(stored: &str) -> Result<(&str, &str), CryptoError> {
@@ -209,6 +225,19 @@ mod tests {
             stranger.open("a", &sealed).unwrap_err(),
             CryptoError::UnknownKey(old_id)
         );
+    }
+
+    #[test]
+    fn the_key_prefix_names_the_key() {
+        let ring = Keyring::new(key(), vec![]);
+        let sealed = ring.seal("a", "x");
+        assert_eq!(ring.current_id().len(), KEY_ID_LEN);
+        let prefix = &sealed[..KEY_PREFIX_LEN];
+        assert_eq!(key_id_of(prefix), Some(ring.current_id()));
+        assert_eq!(key_id_of(&sealed), Some(ring.current_id()));
+        assert!(ring.has_key(ring.current_id()));
+        assert!(!ring.has_key("0000000000000000"));
+        assert_eq!(key_id_of("plain"), None);
     }
 
     #[test]

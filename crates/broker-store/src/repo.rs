@@ -74,9 +74,37 @@ impl Store {
         msg: &HookupMessage,
         now: DateTime<Utc>,
     ) -> Result<HookupOutcome> {
-        let provet_id = msg.provet_id.get();
+        let mut outcomes = self.apply_hookups(std::slice::from_ref(msg), now).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no outcome for a stored hookup".into()))
+    }
+
+    /// Stores several hookup messages in ONE transaction, in the order given (a group
+    /// commit: one fsync for all of them). Either all are stored or none. Callers that run
+    /// several such batches at once order each batch by provet_id, so that row locks are
+    /// always taken in the same order.
+    pub async fn apply_hookups(
+        &self,
+        msgs: &[HookupMessage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HookupOutcome>> {
         let w = self.begin_write().await?;
-        let tx = &w.tx;
+        let mut outcomes = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            outcomes.push(self.apply_in(&w.tx, msg, now).await?);
+        }
+        w.tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &DatabaseTransaction,
+        msg: &HookupMessage,
+        now: DateTime<Utc>,
+    ) -> Result<HookupOutcome> {
+        let provet_id = msg.provet_id.get();
 
         // Create the tenant if new; then lock its row so concurrent deliveries for one tenant
         // (on any replica) apply one after the other.
@@ -100,6 +128,10 @@ impl Store {
             .await?
             .rows_affected()
             == 1;
+        if inserted {
+            // A new tenant (the go-live burst): nothing to read, compare or revoke.
+            return self.register_in(tx, msg, now).await;
+        }
         let mut select = tenant::Entity::find_by_id(provet_id);
         if self.is_postgres() {
             select = select.lock_exclusive();
@@ -138,7 +170,7 @@ impl Store {
         };
 
         if client_changed {
-            self.store_client(tx, current, msg, now).await?;
+            self.store_client(tx, current, msg, now, false).await?;
             // Tokens of the old credentials are of no use any more, nor are grants of a
             // client that is no longer the tenant's.
             token::Entity::delete_many()
@@ -179,20 +211,30 @@ impl Store {
             t.updated_at = Set(now);
             t.update(tx).await?;
         }
-        hookup_delivery::ActiveModel {
-            id: NotSet,
-            provet_id: Set(Some(provet_id)),
-            client_id: Set(Some(msg.client_id.clone())),
-            received_at: Set(now),
-            digest: Set(msg.digest.clone()),
-            outcome: Set(outcome.as_str().into()),
-            payload: Set(Some(msg.redacted_json().to_string())),
-            errors: Set(None),
-        }
-        .insert(tx)
-        .await?;
-        w.tx.commit().await?;
+        record_delivery(tx, msg, outcome, now).await?;
         Ok(outcome)
+    }
+
+    /// A tenant seen for the first time (its row was just inserted): the client, its
+    /// discovery row, departments and the delivery, with no reads.
+    async fn register_in(
+        &self,
+        tx: &DatabaseTransaction,
+        msg: &HookupMessage,
+        now: DateTime<Utc>,
+    ) -> Result<HookupOutcome> {
+        let provet_id = msg.provet_id.get();
+        self.store_client(tx, None, msg, now, true).await?;
+        if let Some(url) = &msg.openid_autodiscovery_url {
+            self.sync_discovery(tx, provet_id, Some(url.as_str()), now)
+                .await?;
+        }
+        let departments = msg.departments.apply(&BTreeSet::new());
+        if !departments.is_empty() {
+            replace_departments(tx, provet_id, &BTreeSet::new(), &departments, now).await?;
+        }
+        record_delivery(tx, msg, HookupOutcome::Registered, now).await?;
+        Ok(HookupOutcome::Registered)
     }
 
     /// Whether the stored client already says everything the message says.
@@ -229,6 +271,7 @@ impl Store {
         current: Option<client::Model>,
         msg: &HookupMessage,
         now: DateTime<Utc>,
+        new_tenant: bool,
     ) -> Result<()> {
         let provet_id = msg.provet_id.get();
         if let Some(old) = current.filter(|c| c.client_id != msg.client_id) {
@@ -239,11 +282,15 @@ impl Store {
             old.updated_at = Set(now);
             old.update(tx).await?;
         }
-        let existing = client::Entity::find()
-            .filter(client::Column::ProvetId.eq(provet_id))
-            .filter(client::Column::ClientId.eq(msg.client_id.as_str()))
-            .one(tx)
-            .await?;
+        let existing = if new_tenant {
+            None
+        } else {
+            client::Entity::find()
+                .filter(client::Column::ProvetId.eq(provet_id))
+                .filter(client::Column::ClientId.eq(msg.client_id.as_str()))
+                .one(tx)
+                .await?
+        };
         let sealed = msg.client_secret.as_ref().map(|s| {
             self.keyring.seal(
                 &client_secret_aad(provet_id, &msg.client_id),
@@ -437,11 +484,19 @@ impl Store {
             .collect())
     }
 
-    /// The tenant removed the integration: mark it removed and wipe every secret it had.
-    /// Returns false for an unknown tenant.
+    /// The tenant removed the integration: mark it removed and wipe every secret it had, and
+    /// its departments (a re-installation starts from what it sends). Returns false for an
+    /// unknown tenant.
     pub async fn remove_tenant(&self, provet_id: i64, now: DateTime<Utc>) -> Result<bool> {
         let w = self.begin_write().await?;
-        let Some(t) = tenant::Entity::find_by_id(provet_id).one(&w.tx).await? else {
+        // Lock the tenant row first, as `apply_hookup` does: a removal and a hookup for one
+        // tenant then run one after the other, in the same lock order (no deadlock), and the
+        // removal sees every client row a hookup committed before it.
+        let mut select = tenant::Entity::find_by_id(provet_id);
+        if self.is_postgres() {
+            select = select.lock_exclusive();
+        }
+        let Some(t) = select.one(&w.tx).await? else {
             return Ok(false);
         };
         client::Entity::update_many()
@@ -464,6 +519,10 @@ impl Store {
             )
             .col_expr(grant::Column::UpdatedAt, now.into())
             .filter(grant::Column::ProvetId.eq(provet_id))
+            .exec(&w.tx)
+            .await?;
+        department::Entity::delete_many()
+            .filter(department::Column::ProvetId.eq(provet_id))
             .exec(&w.tx)
             .await?;
         if t.status != "removed" {
@@ -735,6 +794,27 @@ impl Store {
             self.keyring.open(aad, sealed)?.expose_secret(),
         )))
     }
+}
+
+async fn record_delivery(
+    tx: &DatabaseTransaction,
+    msg: &HookupMessage,
+    outcome: HookupOutcome,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    hookup_delivery::ActiveModel {
+        id: NotSet,
+        provet_id: Set(Some(msg.provet_id.get())),
+        client_id: Set(Some(msg.client_id.clone())),
+        received_at: Set(now),
+        digest: Set(msg.digest.clone()),
+        outcome: Set(outcome.as_str().into()),
+        payload: Set(Some(msg.redacted_json().to_string())),
+        errors: Set(None),
+    }
+    .insert(tx)
+    .await?;
+    Ok(())
 }
 
 async fn replace_departments(

@@ -15,7 +15,7 @@ use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::api_keys::ApiKeyCache;
 use broker_service::discovery::Discovery;
-use broker_service::hookup::HookupSecrets;
+use broker_service::hookup::{HookupSecrets, HookupWriter};
 use broker_service::tokens::{CredentialChecks, TokenBroker};
 use broker_service::{Broker, Metrics, SystemClock};
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
@@ -25,16 +25,24 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 
-/// The keys that seal secrets at rest: configured, read from a file, or generated on first run.
-pub fn keyring(settings: &Settings) -> anyhow::Result<Keyring> {
+/// The keys that seal secrets at rest: configured, read from a file, or generated on first
+/// run. A generated key is only a candidate: `open_store` writes it once it knows that the
+/// database holds nothing sealed under another key.
+pub fn keyring(settings: &Settings) -> anyhow::Result<(Keyring, Option<GeneratedKey>)> {
     let s = &settings.secrets;
-    let current = if !s.master_key.expose_secret().trim().is_empty() {
-        MasterKey::from_base64(&s.master_key).context("secrets.master_key")?
+    let (current, generated) = if !s.master_key.expose_secret().trim().is_empty() {
+        (
+            MasterKey::from_base64(&s.master_key).context("secrets.master_key")?,
+            None,
+        )
     } else if !s.master_key_file.is_empty() {
         let text = fs::read_to_string(&s.master_key_file).with_context(|| {
             format!("cannot read secrets.master_key_file {}", s.master_key_file)
         })?;
-        MasterKey::from_base64(&SecretString::from(text)).context("secrets.master_key_file")?
+        (
+            MasterKey::from_base64(&SecretString::from(text)).context("secrets.master_key_file")?,
+            None,
+        )
     } else {
         generated_key(&s.generated_key_file)?
     };
@@ -46,39 +54,62 @@ pub fn keyring(settings: &Settings) -> anyhow::Result<Keyring> {
             MasterKey::from_base64(k).with_context(|| format!("secrets.previous_keys[{i}]"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Keyring::new(current, previous))
+    Ok((Keyring::new(current, previous), generated))
 }
 
-fn generated_key(path: &Path) -> anyhow::Result<MasterKey> {
+/// A master key generated in memory, not yet written to its file.
+pub struct GeneratedKey {
+    path: std::path::PathBuf,
+    encoded: SecretString,
+}
+
+impl GeneratedKey {
+    /// Writes the key (mode 0600, never over an existing file).
+    fn persist(&self) -> anyhow::Result<()> {
+        let path = &self.path;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("cannot create the master key file {}", path.display()))?;
+        file.write_all(self.encoded.expose_secret().as_bytes())?;
+        file.sync_all()?;
+        tracing::warn!(
+            path = %path.display(),
+            "NO MASTER KEY CONFIGURED: generated one into this file. Every stored secret depends on it: \
+             back it up, and in production set secrets.master_key (or secrets.master_key_file) instead"
+        );
+        Ok(())
+    }
+}
+
+/// The key in `path`, or a new one to be written there (see `GeneratedKey`).
+fn generated_key(path: &Path) -> anyhow::Result<(MasterKey, Option<GeneratedKey>)> {
     if path.exists() {
         let text = fs::read_to_string(path)
             .with_context(|| format!("cannot read the generated master key {}", path.display()))?;
-        return MasterKey::from_base64(&SecretString::from(text))
-            .with_context(|| format!("the master key in {}", path.display()));
+        let key = MasterKey::from_base64(&SecretString::from(text))
+            .with_context(|| format!("the master key in {}", path.display()))?;
+        return Ok((key, None));
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let key = MasterKey::generate_base64();
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
-    file.write_all(key.expose_secret().as_bytes())?;
-    file.sync_all()?;
-    tracing::warn!(
-        path = %path.display(),
-        "NO MASTER KEY CONFIGURED: generated one into this file. Every stored secret depends on it: \
-         back it up, and in production set secrets.master_key (or secrets.master_key_file) instead"
-    );
-    MasterKey::from_base64(&key).context("generated master key")
+    let encoded = MasterKey::generate_base64();
+    let key = MasterKey::from_base64(&encoded).context("generated master key")?;
+    Ok((
+        key,
+        Some(GeneratedKey {
+            path: path.to_path_buf(),
+            encoded,
+        }),
+    ))
 }
 
 pub fn store_options(settings: &Settings) -> StoreOptions {
@@ -92,17 +123,42 @@ pub fn store_options(settings: &Settings) -> StoreOptions {
     }
 }
 
-/// Opens the database (without migrating).
+/// Opens the database (without migrating). Refuses when stored secrets were sealed with a
+/// key that is not configured (a lost or wrong master key): every token would fail. A key
+/// is generated (first run without configuration) only over a database with nothing sealed.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let keyring = Arc::new(keyring(settings)?);
-    Store::connect(&store_options(settings), keyring)
+    let (keyring, generated) = keyring(settings)?;
+    let store = Store::connect(&store_options(settings), Arc::new(keyring))
         .await
         .with_context(|| {
             format!(
                 "cannot open the database ({})",
                 redact_url(&settings.database.url)
             )
-        })
+        })?;
+    let missing = store
+        .missing_key_ids()
+        .await
+        .context("reading which keys sealed the stored secrets")?;
+    if !missing.is_empty() {
+        let ids = missing.join(", ");
+        match &generated {
+            Some(key) => bail!(
+                "refusing to generate a new master key into {}: the database holds secrets sealed with key id(s) {ids}, \
+                 which no configured key opens. Restore that key file, or set secrets.master_key (or secrets.previous_keys) to that key",
+                key.path.display()
+            ),
+            None => bail!(
+                "the database holds secrets sealed with key id(s) {ids}, which are not configured \
+                 (the current key is {}): set secrets.master_key to that key, or add it to secrets.previous_keys",
+                store.keyring().current_id()
+            ),
+        }
+    }
+    if let Some(key) = generated {
+        key.persist()?;
+    }
+    Ok(store)
 }
 
 /// A database URL without its password, for messages.
@@ -135,6 +191,7 @@ pub fn broker(
             connect_timeout: settings.tokens.connect_timeout,
             timeout: settings.tokens.timeout,
             max_body: 256 * 1024,
+            proxy: settings.upstream.proxy(),
         },
     )
     .map_err(anyhow::Error::msg)?;
@@ -153,6 +210,14 @@ pub fn broker(
             clock.clone(),
         )),
         credential_checks: Arc::new(CredentialChecks::new(verify_queue)),
+        hookup_writer: Arc::new(HookupWriter::new(
+            if store.backend_name() == "sqlite" {
+                1
+            } else {
+                settings.hookup.writers
+            },
+            settings.hookup.max_batch,
+        )),
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
         oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)),
         tasks: TaskTracker::new(),
@@ -252,6 +317,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(broker.clone().run_keepalive(stop.child_token()));
         tasks.spawn(broker.clone().run_credential_checks(stop.child_token()));
+        tasks.spawn(broker.clone().run_hookup_writer(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
         } else {

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
 use crate::AppState;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::views::{Health, Ready};
 
 /// The process is up.
@@ -13,14 +13,15 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// The database answers and its schema is current.
+/// The database answers, its schema is current, and every key that sealed a stored secret
+/// is configured.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, body = Ready),
-        (status = 503, description = "Database unreachable or migrations pending", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unreachable, migrations pending, or a key that sealed stored secrets is not configured", body = crate::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -30,6 +31,26 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             "{} migration(s) pending; run `provet-broker migrate`",
             readiness.pending_migrations
         )));
+    }
+    if !readiness.missing_keys.is_empty() {
+        // Named in the answer: a key id is not secret, and it is what the operator must find.
+        let detail = format!(
+            "stored secrets are sealed with key id(s) {} that this replica does not have: \
+             configure that key (secrets.master_key or secrets.previous_keys)",
+            readiness.missing_keys.join(", ")
+        );
+        tracing::error!(missing_keys = %readiness.missing_keys.join(","), "not ready: master key missing");
+        return Ok(HttpResponse::ServiceUnavailable()
+            .content_type("application/problem+json")
+            .json(Problem {
+                kind: "urn:provet-broker:problem:misconfigured".into(),
+                title: "Service Unavailable".into(),
+                status: 503,
+                detail,
+                code: "misconfigured",
+                upstream_error: None,
+                errors: None,
+            }));
     }
     Ok(HttpResponse::Ok().json(Ready {
         status: "ready",

@@ -110,6 +110,18 @@ impl Memory {
         });
     }
 
+    /// The provider accepted the cached client's credentials.
+    pub fn credentials_ok(&self, provet_id: i64) {
+        if let Some(mut tenant) = self.tenants.get_mut(&provet_id)
+            && let Some(c) = tenant.client.as_mut()
+            && c.record.credentials_state != "ok"
+        {
+            let mut record = (*c.record).clone();
+            record.credentials_state = "ok".into();
+            c.record = Arc::new(record);
+        }
+    }
+
     /// Drops everything held for a tenant.
     pub fn forget(&self, provet_id: i64) {
         self.tenants.remove(&provet_id);

@@ -81,9 +81,10 @@ impl Default for TokenSettings {
 
 impl TokenSettings {
     /// A lease covers one upstream request (two for a refresh retried after a rotation
-    /// elsewhere) with room to spare: past it, another replica may take over.
+    /// elsewhere), each bounded by the timeout, with room for the database: past it, another
+    /// replica may take over (a dead replica's turn passes on within this).
     fn lease_ttl(&self) -> Duration {
-        self.timeout * 3 + Duration::from_secs(5)
+        self.timeout * 2 + Duration::from_secs(2)
     }
 
     /// How long a caller waits for another replica's turn: a dead holder's lease expires
@@ -479,8 +480,7 @@ impl TokenBroker {
                     return Err(e.into());
                 }
                 if check_passed {
-                    // The cached client still says otherwise; read it again next time.
-                    self.memory.forget(key.provet_id);
+                    self.memory.credentials_ok(key.provet_id);
                 }
                 self.memory.remember(key, &token, now);
                 self.memory.clear_backoff(key.provet_id);

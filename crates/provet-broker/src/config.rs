@@ -45,9 +45,12 @@ pub struct ServerSettings {
     /// A client must send its request head within this time (slow clients are cut off).
     #[serde(with = "humantime_serde")]
     pub request_header_timeout: Duration,
-    /// A hookup body must arrive within this time.
+    /// A request body (on any route) must arrive within this time.
     #[serde(with = "humantime_serde")]
     pub request_body_timeout: Duration,
+    /// How long an idle connection is kept open for the client's next request.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
     #[serde(with = "humantime_serde")]
     pub auth_failure_window: Duration,
 }
@@ -63,6 +66,7 @@ impl Default for ServerSettings {
             auth_failure_limit: 20,
             request_header_timeout: Duration::from_secs(5),
             request_body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(10),
             auth_failure_window: Duration::from_secs(60),
         }
     }

@@ -221,12 +221,14 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(broker_api::json_config())
                 .app_data(broker_api::query_config())
+                .wrap(from_fn(broker_api::body::bound_request_body))
                 .wrap(from_fn(broker_api::observe))
                 .configure(broker_api::configure)
                 .default_service(web::to(broker_api::not_found))
         })
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
         .client_request_timeout(settings.server.request_header_timeout)
+        .keep_alive(settings.server.keep_alive)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .listen(listener)?;
         if settings.server.workers > 0 {

@@ -10,6 +10,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::Body;
 use crate::problem::ApiError;
 use crate::views::{
     ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, CredentialsView, DiscoveryView, EventPage,
@@ -209,15 +210,15 @@ pub async fn remove_tenant(
     tag = "admin",
     request_body = CreateApiKey,
     security(("api_key" = [])),
-    responses((status = 201, body = CreatedApiKey), (status = 400, body = crate::problem::Problem))
+    responses((status = 201, body = CreatedApiKey), (status = 400, body = crate::problem::Problem), (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem))
 )]
 pub async fn create_api_key(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: CreateApiKey = crate::parse_json(&body)?;
+    let body: CreateApiKey = crate::parse_json(&body.read().await?)?;
     let role: ApiKeyRole = body.role.parse().map_err(ApiError::InvalidRequest)?;
     let created = state
         .broker
@@ -318,10 +319,10 @@ pub async fn rerun_tenant_discovery(
 pub async fn rerun_discovery(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: RerunRequest = crate::parse_json(&body)?;
+    let body: RerunRequest = crate::parse_json(&body.read().await?)?;
     let filter = match body.filter.as_str() {
         "failed" => RerunFilter::Failed,
         "stale" => state.broker.stale_filter(),

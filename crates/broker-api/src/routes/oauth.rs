@@ -8,6 +8,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::Body;
 use crate::problem::ApiError;
 use crate::routes::admin::provet_id;
 use crate::views::{AuthorizationCreated, StartAuthorization};
@@ -36,6 +37,7 @@ impl From<AuthorizationError> for ApiError {
         (status = 200, body = AuthorizationCreated),
         (status = 400, body = crate::problem::Problem),
         (status = 404, body = crate::problem::Problem),
+        (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem),
         (status = 409, description = "misconfigured: the callback is not a redirect URI, or the tenant is client_credentials", body = crate::problem::Problem),
     )
 )]
@@ -43,11 +45,11 @@ pub async fn start(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: StartAuthorization = crate::parse_optional_json(&body)?;
+    let body: StartAuthorization = crate::parse_optional_json(&body.read().await?)?;
     let started = state
         .broker
         .start_authorization(id, body.return_to, body.scope)

@@ -2,10 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::backend_tests;
 use crate::helpers::*;
 
 // ---- request bodies ----
@@ -253,3 +255,164 @@ async fn idle_keep_alive_connections_close_after_server_keep_alive() {
         started.elapsed()
     );
 }
+
+// ---- admin keys are never tenant-scoped ----
+
+async fn admin_keys_with_tenants_are_refused_and_stored_ones_are_invalid(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let daemon = Daemon::start(&db, DaemonConfig::new()).await;
+    for id in [7, 8] {
+        let message = client_credentials(id, &format!("client-{id}"), "a-secret");
+        assert_eq!(daemon.hookup(&message).await.0, 200);
+    }
+    let admin = daemon.api_key("admin", &[]);
+
+    // The command line refuses the combination.
+    let (ok, stdout, stderr) = daemon.cli(&[
+        "api-key", "create", "--name", "scoped", "--role", "admin", "--tenant", "7",
+    ]);
+    assert!(!ok, "created a scoped admin key: {stdout}");
+    assert!(
+        stderr.contains("--tenant") && stderr.contains("admin"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("pbk_"), "{stdout}");
+
+    // So does the API, naming the field.
+    for tenants in [json!([7]), json!([])] {
+        let (status, problem) = daemon
+            .send(
+                Method::POST,
+                "/admin/api-keys",
+                Some(&admin),
+                Some(json!({"name": "scoped", "role": "admin", "tenants": tenants})),
+            )
+            .await;
+        assert_eq!(status, 400, "{problem}");
+        assert_eq!(problem["code"], "invalid_request");
+        assert_eq!(problem["errors"][0]["field"], "tenants", "{problem}");
+    }
+    // Token keys still carry tenant lists; admin keys without one are fine.
+    let (status, created) = daemon
+        .send(
+            Method::POST,
+            "/admin/api-keys",
+            Some(&admin),
+            Some(json!({"name": "svc", "role": "token", "tenants": [7]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "active", "{created}");
+    let (status, created) = daemon
+        .send(
+            Method::POST,
+            "/admin/api-keys",
+            Some(&admin),
+            Some(json!({"name": "ops", "role": "admin", "tenants": null})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+
+    // A scoped admin key already stored (from before the fix) is refused everywhere.
+    let legacy = daemon.api_key("admin", &[]);
+    let db_conn = db.connect().await;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db_conn,
+        &format!(
+            "UPDATE api_keys SET tenants = '[7]' WHERE key_prefix = '{}'",
+            &legacy[..12]
+        ),
+    )
+    .await
+    .expect("scope the key in the database");
+    db_conn.close().await.ok();
+    for (method, path, body) in [
+        (Method::GET, "/admin/tenants", None),
+        (Method::GET, "/admin/tenants/7", None),
+        (Method::DELETE, "/admin/tenants/8", None),
+        (
+            Method::POST,
+            "/admin/api-keys",
+            Some(json!({"name": "escalated", "role": "admin"})),
+        ),
+        (Method::GET, "/admin/api-keys", None),
+        (Method::GET, "/v1/tenants/7", None),
+        (Method::POST, "/v1/tenants/7/token", None),
+        (Method::POST, "/v1/tenants/7/authorizations", None),
+    ] {
+        let (status, problem) = daemon.send(method.clone(), path, Some(&legacy), body).await;
+        assert_eq!(status, 403, "{method} {path}: {problem}");
+        assert_eq!(problem["code"], "forbidden", "{method} {path}");
+    }
+    let (status, tenant) = daemon.get("/admin/tenants/8", Some(&admin)).await;
+    assert_eq!((status, tenant["status"].clone()), (200, json!("active")));
+    let (_, list) = daemon.get("/admin/api-keys", Some(&admin)).await;
+    assert!(
+        !list.to_string().contains("escalated"),
+        "the invalid key created a key: {list}"
+    );
+
+    // Listed as invalid, with the reason, in the API and on the command line.
+    let listed = list["api_keys"].as_array().expect("keys");
+    let entry = listed
+        .iter()
+        .find(|k| k["prefix"] == legacy[..12])
+        .expect("the legacy key is listed");
+    assert_eq!(entry["state"], "invalid", "{entry}");
+    assert!(
+        entry["invalid_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tenant"),
+        "{entry}"
+    );
+    let fine = listed
+        .iter()
+        .find(|k| k["prefix"] == admin[..12])
+        .expect("the admin key is listed");
+    assert_eq!(fine["state"], "active", "{fine}");
+    assert_eq!(fine["invalid_reason"], Value::Null, "{fine}");
+    let (ok, stdout, stderr) = daemon.cli(&["api-key", "list"]);
+    assert!(ok, "{stderr}");
+    let line: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|k| k["prefix"] == legacy[..12])
+        .expect("the legacy key on the command line");
+    assert_eq!(line["state"], "invalid", "{line}");
+}
+
+// ---- the Authorization scheme ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_scheme_is_case_insensitive() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let daemon = Daemon::start(&db, DaemonConfig::new()).await;
+    let admin = daemon.api_key("admin", &[]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let response = daemon
+            .http
+            .get(daemon.url("/admin/tenants"))
+            .header("authorization", format!("{scheme} {admin}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    for value in [
+        format!("Basic {admin}"),
+        format!("Bearer{admin}"),
+        admin.clone(),
+    ] {
+        let response = daemon
+            .http
+            .get(daemon.url("/admin/tenants"))
+            .header("authorization", value.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 401, "{}", &value[..8]);
+    }
+}
+
+backend_tests!(admin_keys_with_tenants_are_refused_and_stored_ones_are_invalid);

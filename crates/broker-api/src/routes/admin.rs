@@ -27,6 +27,17 @@ pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
 }
 
+/// A `400` naming the one offending field.
+fn invalid_field(field: &str, message: String) -> ApiError {
+    ApiError::Invalid {
+        detail: format!("{field}: {message}"),
+        errors: vec![broker_domain::FieldError {
+            field: field.to_owned(),
+            message,
+        }],
+    }
+}
+
 fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
@@ -210,7 +221,7 @@ pub async fn remove_tenant(
     tag = "admin",
     request_body = CreateApiKey,
     security(("api_key" = [])),
-    responses((status = 201, body = CreatedApiKey), (status = 400, body = crate::problem::Problem), (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem))
+    responses((status = 201, body = CreatedApiKey), (status = 400, description = "invalid_request, naming the field (an admin key with `tenants`, say)", body = crate::problem::Problem), (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem))
 )]
 pub async fn create_api_key(
     state: web::Data<AppState>,
@@ -219,13 +230,16 @@ pub async fn create_api_key(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let body: CreateApiKey = crate::parse_json(&body.read().await?)?;
-    let role: ApiKeyRole = body.role.parse().map_err(ApiError::InvalidRequest)?;
+    let role: ApiKeyRole = body
+        .role
+        .parse()
+        .map_err(|message| invalid_field("role", message))?;
     let created = state
         .broker
         .create_api_key(&body.name, role, body.tenants)
         .await
         .map_err(|e| match e {
-            ApiKeyError::Invalid(m) => ApiError::InvalidRequest(m),
+            ApiKeyError::Invalid { field, message } => invalid_field(field, message),
             ApiKeyError::Store(e) => e.into(),
         })?;
     Ok(HttpResponse::Created().json(CreatedApiKey {

@@ -1,5 +1,6 @@
 //! Security review fixes at the HTTP edge: API-key roles, slow bodies, body limits, the Authorization scheme, return_to.
 
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -412,6 +413,144 @@ async fn authorization_scheme_is_case_insensitive() {
             .await
             .expect("request");
         assert_eq!(response.status().as_u16(), 401, "{}", &value[..8]);
+    }
+}
+
+/// Starts `provet-broker serve` with `extra` on top of a minimal working environment and
+/// waits (bounded) for it to exit: `None` when it was still running after `limit` (then it
+/// is killed). Answers the exit status and stderr.
+fn serve_until_exit(
+    db: &TestDb,
+    extra: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<ExitStatus>, String) {
+    let stderr_path = db.dir.path().join("serve.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .env("BROKER_SERVER__BIND", "127.0.0.1:0")
+        .env("BROKER_DATABASE__URL", &db.url)
+        .env("BROKER_SECRETS__MASTER_KEY", random_key())
+        .env("BROKER_HOOKUP__SECRET", "a-long-enough-hookup-secret")
+        .env("BROKER_DISCOVERY__ENABLED", "false")
+        .envs(extra.iter().map(|(k, v)| (*k, *v)))
+        .env_remove("RUST_LOG")
+        .current_dir(db.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn provet-broker");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+    )
+}
+
+// ---- return_to ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_to_must_match_an_allowed_origin_and_path() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = DaemonConfig::new();
+    config.extra_env.push((
+        "BROKER_OAUTH__ALLOWED_RETURN_TO".into(),
+        r#"["https://app.example.com/app", "https://other.example.com"]"#.into(),
+    ));
+    let daemon = Daemon::start(&db, config).await;
+    let admin = daemon.api_key("admin", &[]);
+    assert_eq!(
+        daemon
+            .hookup(&authorization_code(7, "client-7", "a-secret"))
+            .await
+            .0,
+        200
+    );
+    let start = |return_to: &str| {
+        daemon.send(
+            Method::POST,
+            "/v1/tenants/7/authorizations",
+            Some(&admin),
+            Some(json!({"return_to": return_to})),
+        )
+    };
+    for refused in [
+        "https://app.example.com.evil.example/app",
+        "https://app.example.com@evil.example/app",
+        "https://user:pw@app.example.com/app",
+        "https://app.example.com/apps",
+        "https://app.example.com/",
+        "https://app.example.com/other/app",
+        "http://app.example.com/app",
+        "https://app.example.com:8443/app",
+        "https://app.example.com/app/../admin",
+        "https://app.example.com\\@evil.example/app",
+        "https://app.example.com/app\r\nSet-Cookie: a=b",
+        "https://app.example.com/app\n",
+        "https://app.example.com/app\u{0}",
+        " https://app.example.com/app",
+        "/app",
+        "//evil.example/app",
+        "app.example.com/app",
+        "javascript:alert(1)",
+        "https://other.example.com.evil.example/",
+        "",
+    ] {
+        let (status, problem) = start(refused).await;
+        assert_eq!(status, 400, "{refused:?}: {problem}");
+        assert_eq!(problem["code"], "invalid_request", "{refused:?}");
+        assert_eq!(
+            problem["errors"][0]["field"], "return_to",
+            "{refused:?}: {problem}"
+        );
+    }
+    for allowed in [
+        "https://app.example.com/app",
+        "https://app.example.com/app/",
+        "https://app.example.com/app/done?x=1#top",
+        "https://APP.example.com/app/x",
+        "https://app.example.com:443/app",
+        "https://other.example.com/",
+        "https://other.example.com/anything",
+    ] {
+        let (status, started) = start(allowed).await;
+        assert_eq!(status, 200, "{allowed:?}: {started}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_allowed_return_to_entries_stop_the_daemon() {
+    for entry in [
+        r#"["app.example.com"]"#,
+        r#"["/app"]"#,
+        r#"["https://user@app.example.com/"]"#,
+        r#"["https://app.example.com/?x=1"]"#,
+        r#"["ftp://app.example.com/"]"#,
+    ] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let (status, stderr) = serve_until_exit(
+            &db,
+            &[("BROKER_OAUTH__ALLOWED_RETURN_TO", entry)],
+            Duration::from_secs(20),
+        );
+        let status = status.unwrap_or_else(|| panic!("{entry}: the daemon started"));
+        assert!(!status.success(), "{entry}");
+        assert!(
+            stderr.contains("oauth.allowed_return_to"),
+            "{entry}: {stderr}"
+        );
     }
 }
 

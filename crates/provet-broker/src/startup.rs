@@ -144,7 +144,7 @@ pub fn broker(
             token_upstream,
         )),
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
-        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)),
+        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)?),
         tasks: TaskTracker::new(),
         store,
         policy,

@@ -17,6 +17,13 @@ impl From<AuthorizationError> for ApiError {
     fn from(e: AuthorizationError) -> Self {
         match e {
             AuthorizationError::InvalidRequest(m) => Self::InvalidRequest(m),
+            AuthorizationError::ReturnTo(e) => Self::Invalid {
+                detail: format!("return_to {e}"),
+                errors: vec![broker_domain::FieldError {
+                    field: "return_to".into(),
+                    message: e.to_string(),
+                }],
+            },
             AuthorizationError::TenantNotFound(id) => Self::TenantNotFound(id),
             AuthorizationError::Misconfigured(m) => Self::Misconfigured(m),
             AuthorizationError::Store(e) => e.into(),
@@ -98,7 +105,12 @@ pub async fn callback(
         )
         .await
     {
-        Ok(connected) => match connected.return_to {
+        // Checked again: an authorization started before the check was strict may hold a
+        // URL that is not allowed (or not even a valid header).
+        Ok(connected) => match connected
+            .return_to
+            .and_then(|to| state.broker.oauth.allowed_return_to.check(&to).ok())
+        {
             Some(to) => HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, to))
                 .finish(),

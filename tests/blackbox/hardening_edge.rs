@@ -554,4 +554,47 @@ async fn bad_allowed_return_to_entries_stop_the_daemon() {
     }
 }
 
+// ---- hookup.extra_secrets ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_extra_hookup_secrets_stop_the_daemon() {
+    for secrets in [r#"["x"]"#, r#"["a-long-enough-secret", "fifteen-chars-x"]"#] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let (status, stderr) = serve_until_exit(
+            &db,
+            &[("BROKER_HOOKUP__EXTRA_SECRETS", secrets)],
+            Duration::from_secs(20),
+        );
+        let status = status.unwrap_or_else(|| panic!("{secrets}: the daemon started"));
+        assert!(!status.success(), "{secrets}");
+        assert!(
+            stderr.contains("hookup.extra_secrets"),
+            "{secrets}: {stderr}"
+        );
+        assert!(stderr.contains("16"), "{stderr}");
+        assert!(
+            !stderr.contains("fifteen-chars-x"),
+            "a secret in the log: {stderr}"
+        );
+    }
+    // Long enough extra secrets open the hookup URL too.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = DaemonConfig::new();
+    config.extra_env.push((
+        "BROKER_HOOKUP__EXTRA_SECRETS".into(),
+        r#"["the-old-hookup-secret"]"#.into(),
+    ));
+    let daemon = Daemon::start(&db, config).await;
+    let (status, _) = daemon
+        .post_raw(
+            &daemon.url("/hookup/the-old-hookup-secret"),
+            client_credentials(7, "client-7", "a-secret")
+                .to_string()
+                .into_bytes(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
 backend_tests!(admin_keys_with_tenants_are_refused_and_stored_ones_are_invalid);

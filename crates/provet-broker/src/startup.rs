@@ -201,6 +201,13 @@ impl Application {
             }
             settings.hookup.secret.clone()
         };
+        for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
+            if extra.expose_secret().len() < 16 {
+                bail!(
+                    "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
+                );
+            }
+        }
         let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
 
         let broker = broker(&settings, store, hookup_secrets)?;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use broker_domain::ApiKeyRole;
-use broker_service::api_keys::Principal;
+use broker_service::api_keys::{Authenticated, Principal};
 
 use crate::AppState;
 use crate::problem::ApiError;
@@ -17,9 +17,9 @@ use crate::problem::ApiError;
 pub struct Caller(pub Principal);
 
 impl Caller {
-    /// Admin keys only.
+    /// Admin keys only (which are never tenant-scoped; a scoped one never gets this far).
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.0.role == ApiKeyRole::Admin {
+        if self.0.role == ApiKeyRole::Admin && self.0.tenants.is_none() {
             Ok(())
         } else {
             Err(ApiError::Forbidden(
@@ -52,11 +52,8 @@ impl FromRequest for Caller {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|k| k.trim().to_owned());
+            .and_then(bearer_token)
+            .map(str::to_owned);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             // An address that failed too often gets 429 for anything but a valid key, so
@@ -74,12 +71,47 @@ impl FromRequest for Caller {
                 return failed("send an API key as `Authorization: Bearer <key>`");
             };
             match state.broker.authenticate(&key).await? {
-                Some(principal) => {
+                Some(Authenticated::Valid(principal)) => {
                     tracing::Span::current().record("api_key", principal.name.as_str());
                     Ok(Caller(principal))
+                }
+                Some(Authenticated::Unusable { name, defect }) => {
+                    tracing::Span::current().record("api_key", name.as_str());
+                    Err(ApiError::Forbidden(format!(
+                        "API key `{name}` cannot be used: {}",
+                        defect.reason()
+                    )))
                 }
                 None => failed("the API key is unknown or revoked"),
             }
         })
+    }
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer k",
+            "bearer k",
+            "BEARER k",
+            "bEaReR   k ",
+            "Bearer\tk",
+        ] {
+            assert_eq!(bearer_token(value), Some("k"), "{value:?}");
+        }
+        for value in ["Basic k", "Bearerk", "k", "Bearer ", "Bearer", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

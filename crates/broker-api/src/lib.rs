@@ -2,6 +2,7 @@
 //! errors, request metrics and the OpenAPI document.
 
 pub mod auth;
+pub mod body;
 pub mod guard;
 pub mod openapi;
 pub mod problem;
@@ -118,7 +119,7 @@ pub fn parse_optional_json<T: serde::de::DeserializeOwned + Default>(
 /// JSON body errors (bad JSON, wrong fields, too large) as problem+json.
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
-        .limit(64 * 1024)
+        .limit(body::MAX_BODY)
         .error_handler(|err, _| {
             ApiError::InvalidRequest(format!("invalid JSON body: {err}")).into()
         })

@@ -254,10 +254,29 @@ pub struct ApiKeyView {
     pub prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// `invalid`: the key exists but is refused on every route (see `invalid_reason`).
+    pub state: ApiKeyState,
+    /// Why the key is invalid; null otherwise.
+    pub invalid_reason: Option<String>,
+}
+
+/// Whether a key can be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyState {
+    Active,
+    Revoked,
+    Invalid,
 }
 
 impl From<ApiKeyRecord> for ApiKeyView {
     fn from(k: ApiKeyRecord) -> Self {
+        let defect = broker_service::api_keys::key_defect(&k.role, k.tenants.as_deref());
+        let state = match (&k.revoked_at, defect) {
+            (Some(_), _) => ApiKeyState::Revoked,
+            (None, Some(_)) => ApiKeyState::Invalid,
+            (None, None) => ApiKeyState::Active,
+        };
         Self {
             id: k.id,
             name: k.name,
@@ -266,6 +285,8 @@ impl From<ApiKeyRecord> for ApiKeyView {
             prefix: k.key_prefix,
             created_at: k.created_at,
             revoked_at: k.revoked_at,
+            state,
+            invalid_reason: defect.map(|d| d.reason().to_owned()),
         }
     }
 }

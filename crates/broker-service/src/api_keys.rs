@@ -34,10 +34,55 @@ impl Principal {
     }
 }
 
+/// What a presented key turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authenticated {
+    Valid(Principal),
+    /// A live key that must not be used (stored before its shape was checked): refused on
+    /// every route, never silently narrowed or widened.
+    Unusable {
+        name: String,
+        defect: KeyDefect,
+    },
+}
+
+/// Why a stored, unrevoked key cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyDefect {
+    /// Admin keys are never tenant-scoped: a tenant list on one cannot be honoured, since
+    /// admin routes are not about one tenant.
+    ScopedAdmin,
+    UnknownRole,
+}
+
+impl KeyDefect {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::ScopedAdmin => {
+                "an admin key with a tenant list: admin keys are never tenant-scoped; revoke it and create an unscoped admin key or a token key for those tenants"
+            }
+            Self::UnknownRole => "the key's role is neither `token` nor `admin`; revoke it",
+        }
+    }
+}
+
+/// What is wrong with a stored key's role and tenant list, if anything.
+pub fn key_defect(role: &str, tenants: Option<&[i64]>) -> Option<KeyDefect> {
+    match role.parse::<ApiKeyRole>() {
+        Err(_) => Some(KeyDefect::UnknownRole),
+        Ok(ApiKeyRole::Admin) if tenants.is_some() => Some(KeyDefect::ScopedAdmin),
+        Ok(_) => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
-    #[error("{0}")]
-    Invalid(String),
+    /// One request field is unacceptable.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -45,7 +90,7 @@ pub enum ApiKeyError {
 /// Recently checked keys, so that the token hot path does not read the database. A revoke
 /// on this replica takes effect at once; on other replicas within the cache's time to live.
 pub struct ApiKeyCache {
-    cache: moka::future::Cache<String, Option<Principal>>,
+    cache: moka::future::Cache<String, Option<Authenticated>>,
 }
 
 impl ApiKeyCache {
@@ -72,14 +117,23 @@ impl Broker {
     ) -> Result<NewApiKey, ApiKeyError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-            return Err(ApiKeyError::Invalid(
-                "name must be 1 to 255 printable characters".into(),
-            ));
+            return Err(ApiKeyError::Invalid {
+                field: "name",
+                message: "must be 1 to 255 printable characters".into(),
+            });
+        }
+        if role == ApiKeyRole::Admin && tenants.is_some() {
+            return Err(ApiKeyError::Invalid {
+                field: "tenants",
+                message: "admin keys are never tenant-scoped: omit `tenants` (or send null), or create a `token` key for these tenants".into(),
+            });
         }
         if let Some(ids) = &tenants {
             for id in ids {
-                ProvetId::new(*id)
-                    .map_err(|e| ApiKeyError::Invalid(format!("tenant {id}: {e}")))?;
+                ProvetId::new(*id).map_err(|e| ApiKeyError::Invalid {
+                    field: "tenants",
+                    message: format!("tenant {id}: {e}"),
+                })?;
             }
         }
         let mut bytes = [0u8; 32];
@@ -121,8 +175,8 @@ impl Broker {
         Ok(revoked)
     }
 
-    /// The principal behind a bearer key, or `None` for an unknown or revoked key.
-    pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>, StoreError> {
+    /// What a bearer key is: `None` for an unknown or revoked key.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Authenticated>, StoreError> {
         if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
             return Ok(None);
         }
@@ -130,18 +184,45 @@ impl Broker {
         if let Some(known) = self.api_key_cache.cache.get(&hash).await {
             return Ok(known);
         }
-        let principal = self.store.api_key_by_hash(&hash).await?.and_then(|record| {
-            Some(Principal {
-                key_id: record.id,
-                role: record.role.parse().ok()?,
-                name: record.name,
-                tenants: record.tenants,
-            })
+        let found = self.store.api_key_by_hash(&hash).await?.map(|record| {
+            match key_defect(&record.role, record.tenants.as_deref()) {
+                Some(defect) => Authenticated::Unusable {
+                    name: record.name,
+                    defect,
+                },
+                None => match record.role.parse() {
+                    Ok(role) => Authenticated::Valid(Principal {
+                        key_id: record.id,
+                        role,
+                        name: record.name,
+                        tenants: record.tenants,
+                    }),
+                    Err(_) => Authenticated::Unusable {
+                        name: record.name,
+                        defect: KeyDefect::UnknownRole,
+                    },
+                },
+            }
         });
-        self.api_key_cache
-            .cache
-            .insert(hash, principal.clone())
-            .await;
-        Ok(principal)
+        self.api_key_cache.cache.insert(hash, found.clone()).await;
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_keys_with_a_tenant_list_are_defective() {
+        assert_eq!(key_defect("admin", None), None);
+        assert_eq!(key_defect("token", None), None);
+        assert_eq!(key_defect("token", Some(&[7])), None);
+        assert_eq!(
+            key_defect("admin", Some(&[7])),
+            Some(KeyDefect::ScopedAdmin)
+        );
+        assert_eq!(key_defect("admin", Some(&[])), Some(KeyDefect::ScopedAdmin));
+        assert_eq!(key_defect("root", None), Some(KeyDefect::UnknownRole));
     }
 }

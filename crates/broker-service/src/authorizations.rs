@@ -20,13 +20,17 @@ use sha2::{Digest, Sha256};
 
 use crate::{Broker, StoreError};
 
+pub mod return_to;
+
+pub use return_to::{ReturnToConfigError, ReturnToError, ReturnToPolicy};
+
 /// How the connect flow behaves.
 #[derive(Clone, Debug)]
 pub struct OAuthSettings {
     /// `{public_url}/oauth/callback`: must be one of each tenant's redirect URIs.
     pub callback_url: String,
-    /// `return_to` must start with one of these.
-    pub allowed_return_to: Vec<String>,
+    /// Where a `return_to` may point (`oauth.allowed_return_to`, parsed).
+    pub allowed_return_to: ReturnToPolicy,
     /// How long a started authorization may wait for its callback.
     pub authorization_ttl: Duration,
     /// Grants not refreshed for this long are refreshed in the background.
@@ -41,7 +45,7 @@ impl Default for OAuthSettings {
     fn default() -> Self {
         Self {
             callback_url: "http://127.0.0.1:8080/oauth/callback".into(),
-            allowed_return_to: Vec::new(),
+            allowed_return_to: ReturnToPolicy::default(),
             authorization_ttl: Duration::from_secs(600),
             keepalive_after: Duration::from_secs(20 * 24 * 3600),
             keepalive_interval: Duration::from_secs(3600),
@@ -67,6 +71,8 @@ pub struct Connected {
 pub enum AuthorizationError {
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("return_to {0}")]
+    ReturnTo(#[from] ReturnToError),
     #[error("tenant {0} is not registered")]
     TenantNotFound(i64),
     #[error("{0}")]
@@ -125,6 +131,10 @@ impl Broker {
         return_to: Option<String>,
         scope: Option<String>,
     ) -> Result<AuthorizationStart, AuthorizationError> {
+        // The normalised URL is stored: the browser never goes to the raw string.
+        let return_to = return_to
+            .map(|r| self.oauth.allowed_return_to.check(&r))
+            .transpose()?;
         let client = match self.store.token_client(provet_id).await? {
             Some(c) if c.tenant_status == "active" => c,
             _ => return Err(AuthorizationError::TenantNotFound(provet_id)),
@@ -140,17 +150,6 @@ impl Broker {
             return Err(AuthorizationError::Misconfigured(format!(
                 "the broker's callback {callback} is not among the tenant's redirect URIs; add it to the integration's redirect URIs at Provet (or set server.public_url)"
             )));
-        }
-        if let Some(r) = &return_to
-            && !self
-                .oauth
-                .allowed_return_to
-                .iter()
-                .any(|prefix| r.starts_with(prefix.as_str()))
-        {
-            return Err(AuthorizationError::InvalidRequest(
-                "return_to must start with one of oauth.allowed_return_to".into(),
-            ));
         }
         let default_scope = if client.algorithm.is_some() {
             "openid restapi"

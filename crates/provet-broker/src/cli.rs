@@ -55,7 +55,8 @@ pub enum ApiKeyCommand {
         name: String,
         #[arg(long, value_parser = ["token", "admin"])]
         role: String,
-        /// Limit the key to a tenant (repeatable); without it the key serves every tenant.
+        /// Limit a token key to a tenant (repeatable); without it the key serves every
+        /// tenant. Admin keys are never tenant-scoped.
         #[arg(long = "tenant", value_name = "PROVET_ID")]
         tenants: Vec<ProvetId>,
     },
@@ -130,6 +131,11 @@ impl Cli {
                         tenants,
                     } => {
                         let role: ApiKeyRole = role.parse().map_err(anyhow::Error::msg)?;
+                        if role == ApiKeyRole::Admin && !tenants.is_empty() {
+                            bail!(
+                                "--tenant cannot be used with --role admin: admin keys are never tenant-scoped (create a --role token key for those tenants)"
+                            );
+                        }
                         let tenants = (!tenants.is_empty())
                             .then(|| tenants.into_iter().map(ProvetId::get).collect());
                         let created = broker

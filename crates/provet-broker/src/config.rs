@@ -46,9 +46,12 @@ pub struct ServerSettings {
     /// A client must send its request head within this time (slow clients are cut off).
     #[serde(with = "humantime_serde")]
     pub request_header_timeout: Duration,
-    /// A hookup body must arrive within this time.
+    /// A request body (on any route) must arrive within this time.
     #[serde(with = "humantime_serde")]
     pub request_body_timeout: Duration,
+    /// How long an idle connection is kept open for the client's next request.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
     #[serde(with = "humantime_serde")]
     pub auth_failure_window: Duration,
 }
@@ -64,6 +67,7 @@ impl Default for ServerSettings {
             auth_failure_limit: 20,
             request_header_timeout: Duration::from_secs(5),
             request_body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(10),
             auth_failure_window: Duration::from_secs(60),
         }
     }
@@ -296,7 +300,8 @@ impl TokenSettings {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OAuthSettings {
-    /// Prefixes a `return_to` must start with (e.g. "https://app.example.com/").
+    /// Where a `return_to` may point: absolute http(s) URLs; a `return_to` must have the same
+    /// scheme, host and port, and a path under the entry's path by whole segments.
     pub allowed_return_to: Vec<String>,
     /// How long a started authorization waits for its callback.
     #[serde(with = "humantime_serde")]
@@ -326,15 +331,24 @@ impl Default for OAuthSettings {
 }
 
 impl OAuthSettings {
-    pub fn to_service(&self, public_url: &str) -> broker_service::authorizations::OAuthSettings {
-        broker_service::authorizations::OAuthSettings {
+    /// Fails on an `allowed_return_to` entry that is not an absolute http(s) URL (naming it).
+    pub fn to_service(
+        &self,
+        public_url: &str,
+    ) -> Result<
+        broker_service::authorizations::OAuthSettings,
+        broker_service::authorizations::ReturnToConfigError,
+    > {
+        Ok(broker_service::authorizations::OAuthSettings {
             callback_url: format!("{}/oauth/callback", public_url.trim_end_matches('/')),
-            allowed_return_to: self.allowed_return_to.clone(),
+            allowed_return_to: broker_service::authorizations::ReturnToPolicy::new(
+                &self.allowed_return_to,
+            )?,
             authorization_ttl: self.authorization_ttl,
             keepalive_after: self.keepalive_after,
             keepalive_interval: self.keepalive_interval,
             leeway: self.id_token_leeway,
-        }
+        })
     }
 }
 

@@ -219,7 +219,7 @@ pub fn broker(
             settings.hookup.max_batch,
         )),
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
-        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)),
+        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)?),
         tasks: TaskTracker::new(),
         store,
         policy,
@@ -276,6 +276,13 @@ impl Application {
             }
             settings.hookup.secret.clone()
         };
+        for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
+            if extra.expose_secret().len() < 16 {
+                bail!(
+                    "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
+                );
+            }
+        }
         let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
 
         let broker = broker(&settings, store, hookup_secrets)?;
@@ -296,12 +303,14 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(broker_api::json_config())
                 .app_data(broker_api::query_config())
+                .wrap(from_fn(broker_api::body::bound_request_body))
                 .wrap(from_fn(broker_api::observe))
                 .configure(broker_api::configure)
                 .default_service(web::to(broker_api::not_found))
         })
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
         .client_request_timeout(settings.server.request_header_timeout)
+        .keep_alive(settings.server.keep_alive)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .listen(listener)?;
         if settings.server.workers > 0 {

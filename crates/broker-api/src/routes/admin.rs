@@ -10,6 +10,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::Body;
 use crate::problem::ApiError;
 use crate::views::{
     ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, CredentialsView, DiscoveryView, EventPage,
@@ -24,6 +25,17 @@ pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<ProvetId>()
         .map(ProvetId::get)
         .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
+}
+
+/// A `400` naming the one offending field.
+fn invalid_field(field: &str, message: String) -> ApiError {
+    ApiError::Invalid {
+        detail: format!("{field}: {message}"),
+        errors: vec![broker_domain::FieldError {
+            field: field.to_owned(),
+            message,
+        }],
+    }
 }
 
 fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
@@ -209,22 +221,25 @@ pub async fn remove_tenant(
     tag = "admin",
     request_body = CreateApiKey,
     security(("api_key" = [])),
-    responses((status = 201, body = CreatedApiKey), (status = 400, body = crate::problem::Problem))
+    responses((status = 201, body = CreatedApiKey), (status = 400, description = "invalid_request, naming the field (an admin key with `tenants`, say)", body = crate::problem::Problem), (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem))
 )]
 pub async fn create_api_key(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: CreateApiKey = crate::parse_json(&body)?;
-    let role: ApiKeyRole = body.role.parse().map_err(ApiError::InvalidRequest)?;
+    let body: CreateApiKey = crate::parse_json(&body.read().await?)?;
+    let role: ApiKeyRole = body
+        .role
+        .parse()
+        .map_err(|message| invalid_field("role", message))?;
     let created = state
         .broker
         .create_api_key(&body.name, role, body.tenants)
         .await
         .map_err(|e| match e {
-            ApiKeyError::Invalid(m) => ApiError::InvalidRequest(m),
+            ApiKeyError::Invalid { field, message } => invalid_field(field, message),
             ApiKeyError::Store(e) => e.into(),
         })?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
@@ -318,10 +333,10 @@ pub async fn rerun_tenant_discovery(
 pub async fn rerun_discovery(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: RerunRequest = crate::parse_json(&body)?;
+    let body: RerunRequest = crate::parse_json(&body.read().await?)?;
     let filter = match body.filter.as_str() {
         "failed" => RerunFilter::Failed,
         "stale" => state.broker.stale_filter(),

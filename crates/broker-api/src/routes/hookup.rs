@@ -11,7 +11,7 @@ use crate::problem::ApiError;
 use crate::views::HookupReceiptView;
 
 /// The largest hookup body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = crate::body::MAX_BODY;
 
 /// Receives one tenant's OAuth client from Provet.
 ///
@@ -58,9 +58,7 @@ pub async fn receive(
     let read = async {
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::InvalidRequest(format!("the body could not be read: {e}"))
-            })?;
+            let chunk = chunk.map_err(crate::body::read_error)?;
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(ApiError::TooLarge(MAX_BODY));
             }

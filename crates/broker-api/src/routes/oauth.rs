@@ -8,6 +8,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::Body;
 use crate::problem::ApiError;
 use crate::routes::admin::provet_id;
 use crate::views::{AuthorizationCreated, StartAuthorization};
@@ -16,6 +17,13 @@ impl From<AuthorizationError> for ApiError {
     fn from(e: AuthorizationError) -> Self {
         match e {
             AuthorizationError::InvalidRequest(m) => Self::InvalidRequest(m),
+            AuthorizationError::ReturnTo(e) => Self::Invalid {
+                detail: format!("return_to {e}"),
+                errors: vec![broker_domain::FieldError {
+                    field: "return_to".into(),
+                    message: e.to_string(),
+                }],
+            },
             AuthorizationError::TenantNotFound(id) => Self::TenantNotFound(id),
             AuthorizationError::Misconfigured(m) => Self::Misconfigured(m),
             AuthorizationError::Store(e) => e.into(),
@@ -36,6 +44,7 @@ impl From<AuthorizationError> for ApiError {
         (status = 200, body = AuthorizationCreated),
         (status = 400, body = crate::problem::Problem),
         (status = 404, body = crate::problem::Problem),
+        (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem),
         (status = 409, description = "misconfigured: the callback is not a redirect URI, or the tenant is client_credentials", body = crate::problem::Problem),
     )
 )]
@@ -43,11 +52,11 @@ pub async fn start(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: StartAuthorization = crate::parse_optional_json(&body)?;
+    let body: StartAuthorization = crate::parse_optional_json(&body.read().await?)?;
     let started = state
         .broker
         .start_authorization(id, body.return_to, body.scope)
@@ -96,7 +105,12 @@ pub async fn callback(
         )
         .await
     {
-        Ok(connected) => match connected.return_to {
+        // Checked again: an authorization started before the check was strict may hold a
+        // URL that is not allowed (or not even a valid header).
+        Ok(connected) => match connected
+            .return_to
+            .and_then(|to| state.broker.oauth.allowed_return_to.check(&to).ok())
+        {
             Some(to) => HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, to))
                 .finish(),

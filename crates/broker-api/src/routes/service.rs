@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::Body;
 use crate::problem::ApiError;
 use crate::routes::admin::provet_id;
 use crate::views::{ServiceTenantView, TokenRequestBody, TokenResponse};
@@ -58,8 +59,10 @@ pub async fn get_tenant(
         (status = 401, body = crate::problem::Problem),
         (status = 403, body = crate::problem::Problem),
         (status = 404, description = "tenant_not_found", body = crate::problem::Problem),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = crate::problem::Problem),
         (status = 409, description = "reauthorization_required or misconfigured", body = crate::problem::Problem),
         (status = 502, description = "upstream_rejected (with `upstream_error`)", body = crate::problem::Problem),
+        (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem),
         (status = 503, description = "upstream_unavailable (with Retry-After)", body = crate::problem::Problem),
     )
 )]
@@ -67,11 +70,11 @@ pub async fn token(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: TokenRequestBody = crate::parse_optional_json(&body)?;
+    let body: TokenRequestBody = crate::parse_optional_json(&body.read().await?)?;
     let token = state
         .broker
         .token(

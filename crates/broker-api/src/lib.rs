@@ -16,7 +16,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, web};
 use broker_service::Broker;
-use broker_service::metrics::{HttpLabels, RouteLabels};
+use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use tracing::Instrument;
 
 use crate::problem::ApiError;
@@ -132,22 +132,22 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 /// Per request: a tracing span with a request id, and the request count and latency by
-/// route pattern (never the concrete path, which for the hookup carries its secret).
+/// route pattern (never the concrete path, which for the hookup carries its secret). Every
+/// label is bounded: standard methods or `other`, route patterns or `unmatched`.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = MethodLabel::of(req.method().as_str());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let request_id = format!("{:016x}", rand_id());
     let span = tracing::info_span!(
         "request",
-        %request_id,
-        %method,
-        %route,
+        request_id = %format_args!("{:016x}", request_id()),
+        method = method.as_str(),
+        route = route.as_str(),
         status = tracing::field::Empty,
         api_key = tracing::field::Empty,
     );
@@ -158,19 +158,35 @@ pub async fn observe(
     if let Some(state) = state {
         let metrics = &state.broker.metrics;
         metrics
+            .http_duration
+            .get_or_create(&RouteLabels {
+                method,
+                route: route.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        metrics
             .http_requests
             .get_or_create(&HttpLabels {
-                method: method.clone(),
-                route: route.clone(),
+                method,
+                route,
                 status,
             })
             .inc();
-        metrics
-            .http_duration
-            .get_or_create(&RouteLabels { method, route })
-            .observe(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// A correlation id: a per-process random start plus a counter, as 16 hex digits.
+fn request_id() -> u64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: OnceLock<u64> = OnceLock::new();
+    let start = *START.get_or_init(rand_id);
+    start.wrapping_add(
+        NEXT.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    )
 }
 
 fn rand_id() -> u64 {

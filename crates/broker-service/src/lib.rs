@@ -73,6 +73,21 @@ impl Broker {
         Ok(removed)
     }
 
+    /// The metrics in the Prometheus text format, with the gauges of the moment (pools,
+    /// queues, memory) read just before.
+    pub fn metrics_text(&self) -> String {
+        for (pool, usage) in self.store.pool_usage() {
+            let in_use = usage.size.saturating_sub(usage.idle);
+            self.metrics.pool(pool, in_use, usage.idle, usage.max);
+        }
+        self.metrics
+            .queue("credential_checks", self.credential_checks.depth());
+        self.metrics
+            .cached_tokens
+            .set(i64::try_from(self.tokens.cached_tokens()).unwrap_or(i64::MAX));
+        self.metrics.render()
+    }
+
     /// A valid access token for the tenant (see `tokens`).
     pub async fn token(
         &self,

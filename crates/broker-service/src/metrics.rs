@@ -1,6 +1,8 @@
 //! Prometheus metrics, in one registry owned by the application (no global recorder).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,18 +14,86 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// An HTTP method as a label: the standard ones, everything else `other` (a client may
+/// send any token as a method; each would otherwise become a series).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Head,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    pub fn of(method: &str) -> Self {
+        match method {
+            "GET" => Self::Get,
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "DELETE" => Self::Delete,
+            "PATCH" => Self::Patch,
+            "HEAD" => Self::Head,
+            "OPTIONS" => Self::Options,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Patch => "PATCH",
+            Self::Head => "HEAD",
+            Self::Options => "OPTIONS",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A label value chosen by people (an API key's name), escaped as the text format requires
+/// (the encoder writes values as they are).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Escaped(pub String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c if c.is_control() => {}
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
-    /// The route pattern (`/v1/tenants/{provet_id}`), never the concrete path: the hookup
-    /// path carries the hookup secret.
+    pub method: MethodLabel,
+    /// The route pattern (`/v1/tenants/{provet_id}`) or `unmatched`, never the concrete
+    /// path: the hookup path carries the hookup secret, and paths are unbounded.
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: MethodLabel,
     pub route: String,
 }
 
@@ -33,9 +103,24 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// `main` or `cache`.
+    pub pool: String,
+    /// `in_use`, `idle` or `max`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+/// Tokens served, by API key (bounded by the keys an admin created) and source. No tenant
+/// label: one series per tenant per key would grow without bound and publish the tenant
+/// list.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServedLabels {
-    pub api_key: String,
-    pub provet_id: i64,
+    pub api_key: Escaped,
     /// `hit` (memory), `shared` (database: a restart or another replica), `miss` (provider).
     pub cache: String,
 }
@@ -55,6 +140,9 @@ pub struct Metrics {
     pub hookups: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
+    pub db_pool: Family<PoolLabels, Gauge>,
+    pub queue_depth: Family<QueueLabels, Gauge>,
+    pub cached_tokens: Gauge,
 }
 
 impl Default for Metrics {
@@ -146,6 +234,24 @@ impl Metrics {
         );
         let grants = Family::<StateLabels, Gauge>::default();
         registry.register("grants", "Grants by state", grants.clone());
+        let db_pool = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database connections by pool (main, cache) and state (in_use, idle, max)",
+            db_pool.clone(),
+        );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Background work waiting or running, by queue (credential_checks)",
+            queue_depth.clone(),
+        );
+        let cached_tokens = Gauge::default();
+        registry.register(
+            "cached_tokens",
+            "Access tokens held in this process's memory",
+            cached_tokens.clone(),
+        );
         Self {
             registry,
             authorizations,
@@ -161,6 +267,9 @@ impl Metrics {
             hookups,
             http_requests,
             http_duration,
+            db_pool,
+            queue_depth,
+            cached_tokens,
         }
     }
 
@@ -189,14 +298,32 @@ impl Metrics {
             .set(n);
     }
 
-    pub fn token_served(&self, api_key: &str, provet_id: i64, source: &str) {
+    pub fn token_served(&self, api_key: &str, source: &str) {
         self.tokens_served
             .get_or_create(&ServedLabels {
-                api_key: api_key.to_owned(),
-                provet_id,
+                api_key: Escaped(api_key.to_owned()),
                 cache: source.to_owned(),
             })
             .inc();
+    }
+
+    pub fn pool(&self, pool: &str, in_use: u32, idle: u32, max: u32) {
+        for (state, n) in [("in_use", in_use), ("idle", idle), ("max", max)] {
+            self.db_pool
+                .get_or_create(&PoolLabels {
+                    pool: pool.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    pub fn queue(&self, queue: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&QueueLabels {
+                queue: queue.to_owned(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     pub fn upstream_token_request(&self, outcome: &str, took: std::time::Duration) {

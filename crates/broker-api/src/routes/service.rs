@@ -90,7 +90,7 @@ pub async fn token(
     state
         .broker
         .metrics
-        .token_served(&caller.0.name, id, token.source.as_str());
+        .token_served(&caller.0.name, token.source.as_str());
     let now = state.broker.now();
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))

@@ -66,7 +66,8 @@ impl Hookup {
     }
 }
 
-/// Registers every hookup from `senders` concurrent senders; fails unless all answer 200.
+/// Registers every hookup from `senders` concurrent senders (a 503 retried); fails unless
+/// all end with 200.
 pub async fn register(senders: usize, url: &str, hookups: Vec<Hookup>) -> anyhow::Result<()> {
     let client = http_client(Duration::from_secs(30), senders)?;
     let url: Arc<str> = Arc::from(url);
@@ -74,10 +75,16 @@ pub async fn register(senders: usize, url: &str, hookups: Vec<Hookup>) -> anyhow
     let ok = for_all(senders, hookups, move |h: Arc<Hookup>| {
         let (client, url) = (client.clone(), Arc::clone(&url));
         async move {
-            match h.send(&client, &url).await? {
-                (200, _) => Ok(()),
-                (status, body) => bail!("hookup {} answered {status}: {body}", h.provet_id),
+            // Setup, not a measurement: a 503 (the daemon's "retry shortly") is retried, as
+            // Provet would, at most 10 times.
+            for _ in 0..10 {
+                match h.send(&client, &url).await? {
+                    (200, _) => return Ok(()),
+                    (503, _) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    (status, body) => bail!("hookup {} answered {status}: {body}", h.provet_id),
+                }
             }
+            bail!("hookup {} answered 503 ten times", h.provet_id)
         }
     })
     .await?;
@@ -372,8 +379,8 @@ pub async fn wait_credentials_ok(
 }
 
 /// Registers tenants 1..=n, token URLs on `stub`, from `senders` senders, then waits (at most
-/// 60 s) until the endpoint has seen each hookup's credential check, which also caches each
-/// tenant's first token. Answers the hookups (for their client_ids).
+/// 60 s, and says so when they did not all arrive) until the endpoint has seen each hookup's
+/// credential check, which also caches each tenant's first token. Answers the hookups.
 pub async fn register_checked(
     hookup_url: &str,
     stub: &crate::stub::TokenStub,
@@ -386,15 +393,20 @@ pub async fn register_checked(
         .map(|id| Hookup::new(id, &stub.token_url(id)))
         .collect();
     register(senders, hookup_url, hookups.clone()).await?;
-    crate::wait_for(
+    let checked = crate::wait_for(
         || stub.counts.total() >= before + n as u64,
         Duration::from_secs(60),
     )
-    .await
-    .context("the credential checks did not all reach the token endpoint")?;
+    .await;
     eprintln!(
-        "registered {n} tenants, credentials checked, in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "registered {n} tenants in {:.1} s; credential checks at the endpoint: {}{}",
+        started.elapsed().as_secs_f64(),
+        stub.counts.total() - before,
+        if checked.is_ok() {
+            ""
+        } else {
+            " (NOT ALL within 60 s)"
+        }
     );
     Ok(hookups)
 }

@@ -164,15 +164,19 @@ async fn coalescing_round(
                 Arc::clone(&e),
             );
             async move {
-                let sends = b
-                    .iter()
-                    .map(|base| load::token_request(&client, base, &k, *id, true).send());
-                for answer in futures_util::future::join_all(sends).await {
-                    let answered = match answer {
-                        Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
-                        _ => false,
-                    };
-                    if !answered {
+                // All replicas at once: one task per request, each with its whole answer.
+                let mut sends = tokio::task::JoinSet::new();
+                for base in b.iter() {
+                    let request = load::token_request(&client, base, &k, *id, true);
+                    sends.spawn(async move {
+                        match request.send().await {
+                            Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+                            _ => false,
+                        }
+                    });
+                }
+                while let Some(answered) = sends.join_next().await {
+                    if !answered.unwrap_or(false) {
                         e.fetch_add(1, Ordering::Relaxed);
                     }
                 }

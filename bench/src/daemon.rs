@@ -1,6 +1,12 @@
 //! A release build of provet-broker run as a child process: configured by environment
 //! variables only, in a temporary folder (so no `config/default.toml` is read), on a fresh
-//! SQLite database; its port read from the JSON `listening` log line; stopped with SIGTERM.
+//! SQLite or PostgreSQL database; its port read from the JSON `listening` log line; stopped
+//! with SIGTERM.
+//!
+//! The daemon runs at its default configuration, as a user runs it (`info` logs, metrics,
+//! API keys, the credential check on hookup, the discovery worker), except for what a
+//! benchmark cannot do without: a loopback port, its own database, a master key and hookup
+//! secret given (so none is generated), and JSON logs (so the harness can read them).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,11 +26,18 @@ use crate::random_string;
 /// How long the daemon may take to log `listening`, and to stop after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the broker's CLI may take.
+/// How long the broker's CLI (and psql) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The PostgreSQL server the benchmark databases are created on (trust auth, loopback only),
+/// and an existing database to connect to while creating and dropping them.
+pub const PG_HOST: &str = "127.0.0.1";
+pub const PG_PORT: u16 = 5432;
+pub const PG_USER: &str = "postgres";
+pub const PG_MAINTENANCE_DB: &str = "test";
+
 /// Only warnings and errors, except the startup module's `listening` line, which carries
-/// the port.
+/// the port. Not the default: only for benchmarks that ask for it (`--log-level`).
 pub const QUIET_LOG: &str = "warn,provet_broker::startup=info";
 
 /// `NAME=VALUE` for a `BROKER_…` variable, as a command-line argument.
@@ -37,25 +50,122 @@ pub fn parse_var(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Which database a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        })
+    }
+}
+
+/// A fresh database: a SQLite file in the run's folder, or a new PostgreSQL database
+/// `broker_bench_<random>`, dropped (`WITH (FORCE)`) when this is dropped, whatever happened.
+pub struct Database {
+    pub url: String,
+    postgres_name: Option<String>,
+}
+
+impl Database {
+    pub async fn create(backend: Backend, dir: &Path) -> anyhow::Result<Self> {
+        match backend {
+            Backend::Sqlite => Ok(Self {
+                url: format!("sqlite://{}/broker.db?mode=rwc", dir.display()),
+                postgres_name: None,
+            }),
+            Backend::Postgres => {
+                let name = format!("broker_bench_{}", random_string(10).to_lowercase());
+                psql(&format!("CREATE DATABASE {name}")).await?;
+                Ok(Self {
+                    url: format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"),
+                    postgres_name: Some(name),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(name) = &self.postgres_name {
+            // Blocking, but brief and only once per run; it must happen even on an error path.
+            let dropped =
+                psql_command(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).output();
+            match dropped {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "cannot drop database {name}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => eprintln!("cannot drop database {name}: {e}"),
+            }
+        }
+    }
+}
+
+fn psql_command(sql: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("psql");
+    command
+        .args(["-h", PG_HOST, "-p", &PG_PORT.to_string(), "-U", PG_USER])
+        .args([
+            "-d",
+            PG_MAINTENANCE_DB,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null());
+    command
+}
+
+/// One statement through psql on the local server's maintenance database.
+pub async fn psql(sql: &str) -> anyhow::Result<()> {
+    let output = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        Command::from(psql_command(sql)).kill_on_drop(true).output(),
+    )
+    .await
+    .with_context(|| format!("psql timed out: {sql}"))?
+    .context("cannot run psql")?;
+    if !output.status.success() {
+        bail!(
+            "psql `{sql}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// What the daemon and its CLI are configured with.
 pub struct DaemonEnv {
     pub binary: PathBuf,
+    pub backend: Backend,
+    /// The database; declared before `dir` so that it is dropped first.
+    pub database: Database,
     /// The working folder, holding the SQLite file; removed on drop.
     pub dir: tempfile::TempDir,
-    pub database_url: String,
     pub hookup_secret: String,
     /// Base64 of 32 random bytes, so the daemon does not generate a key.
     pub master_key: String,
     /// `BROKER_SERVER__BIND`.
     pub bind: String,
-    /// More `BROKER_…` variables (worker count, public URL, log level …).
+    /// More `BROKER_…` variables: empty at the default configuration.
     pub vars: Vec<(String, String)>,
 }
 
 impl DaemonEnv {
-    /// A fresh SQLite database in a new temporary folder; loopback providers allowed over
-    /// plain HTTP; no credential check on hookup, no discovery worker; quiet JSON logs.
-    pub fn sqlite(binary: &Path) -> anyhow::Result<Self> {
+    /// The daemon's default configuration on a fresh database of `backend`.
+    pub async fn new(binary: &Path, backend: Backend) -> anyhow::Result<Self> {
         let binary = std::path::absolute(binary)?;
         if !binary.is_file() {
             bail!(
@@ -68,25 +178,45 @@ impl DaemonEnv {
             .prefix("broker-bench-")
             .tempdir()
             .context("cannot create a temporary folder")?;
-        let database_url = format!("sqlite://{}/broker.db?mode=rwc", dir.path().display());
+        let database = Database::create(backend, dir.path()).await?;
         Ok(Self {
             binary,
+            backend,
+            database,
             dir,
-            database_url,
             hookup_secret: random_string(32),
             master_key: BASE64.encode(rand::random::<[u8; 32]>()),
             bind: "127.0.0.1:0".into(),
-            vars: vec![
-                ("BROKER_LOG__LEVEL".into(), QUIET_LOG.into()),
-                (
-                    "BROKER_HOOKUP__ALLOWED_HOSTS".into(),
-                    r#"["127.0.0.1"]"#.into(),
-                ),
-                ("BROKER_HOOKUP__ALLOW_HTTP".into(), "true".into()),
-                ("BROKER_TOKENS__VERIFY_ON_HOOKUP".into(), "false".into()),
-                ("BROKER_DISCOVERY__ENABLED".into(), "false".into()),
-            ],
+            vars: Vec::new(),
         })
+    }
+
+    /// The default configuration plus the one change a provider served by the benchmark
+    /// on 127.0.0.1 needs: hookup URLs may name `127.0.0.1`, over plain HTTP.
+    pub async fn with_local_provider(binary: &Path, backend: Backend) -> anyhow::Result<Self> {
+        let mut env = Self::new(binary, backend).await?;
+        env.allow_local_provider();
+        Ok(env)
+    }
+
+    /// `BROKER_HOOKUP__ALLOWED_HOSTS=["127.0.0.1"]`, `BROKER_HOOKUP__ALLOW_HTTP=true`.
+    pub fn allow_local_provider(&mut self) {
+        self.set("BROKER_HOOKUP__ALLOWED_HOSTS", r#"["127.0.0.1"]"#);
+        self.set("BROKER_HOOKUP__ALLOW_HTTP", "true");
+    }
+
+    /// A fresh SQLite database, a local provider allowed (for the older benchmarks).
+    pub async fn sqlite(binary: &Path) -> anyhow::Result<Self> {
+        Self::with_local_provider(binary, Backend::Sqlite).await
+    }
+
+    /// The non-default settings, for the result lines.
+    pub fn overrides(&self) -> String {
+        if self.vars.is_empty() {
+            return "none".into();
+        }
+        let vars: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.join(" ")
     }
 
     /// Sets (or replaces) one `BROKER_…` variable.
@@ -107,7 +237,7 @@ impl DaemonEnv {
         command
             .current_dir(self.dir.path())
             .env("BROKER_SERVER__BIND", &self.bind)
-            .env("BROKER_DATABASE__URL", &self.database_url)
+            .env("BROKER_DATABASE__URL", &self.database.url)
             .env("BROKER_SECRETS__MASTER_KEY", &self.master_key)
             .env("BROKER_HOOKUP__SECRET", &self.hookup_secret)
             .env("BROKER_LOG__FORMAT", "json")
@@ -153,6 +283,19 @@ pub struct DaemonLog {
     pub samples: Vec<String>,
     /// The last lines, shown when the daemon fails to start.
     pub tail: Vec<String>,
+}
+
+impl DaemonLog {
+    /// The kept warnings and errors on stderr, the counts on stdout.
+    pub fn print(&self, tag: &str) {
+        for s in &self.samples {
+            eprintln!("[{tag}] log: {s}");
+        }
+        println!(
+            "[{tag}] log: {} lines, {} warnings, {} errors",
+            self.lines, self.warnings, self.errors
+        );
+    }
 }
 
 pub struct Daemon {

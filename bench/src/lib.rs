@@ -1,11 +1,17 @@
-//! What the newer benchmarks share: starting and stopping a release build of the daemon with
-//! a fresh SQLite database, creating API keys with its CLI, reading a process's memory, and a
-//! few small helpers. (`hookup-load` and `discovery-load` predate it and carry their own.)
-//! Only 127.0.0.1 is ever contacted.
+//! What the benchmarks share: starting and stopping a release build of the daemon at its
+//! default configuration on a fresh SQLite or PostgreSQL database and reading its log
+//! (`daemon`), creating API keys with its CLI, an instant local token endpoint (`stub`),
+//! senders and time-bounded loads (`load`), wrk (`wrk`), the bare baseline server (`bare`),
+//! reading a process's memory, and a few small helpers. (`discovery-load` predates it and
+//! still carries its own daemon runner.) Only 127.0.0.1 is ever contacted.
 
+pub mod bare;
 pub mod daemon;
+pub mod load;
+pub mod stub;
+pub mod wrk;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -95,4 +101,21 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Polls `done` every 10 ms for at most `limit`.
+pub async fn wait_for(done: impl Fn() -> bool, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            anyhow::bail!("not done within {:.0} s", limit.as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// `met` or `MISSED`, for a target on a result line.
+pub fn met(yes: bool) -> &'static str {
+    if yes { "met" } else { "MISSED" }
 }

@@ -2,24 +2,29 @@
 
 fn main() {
     println!(
-        "provet-broker benchmarks (not tests), each a binary of this package:\n\
+        "provet-broker benchmarks (not tests), each a binary of this package, each against a\n\
+         release build at the daemon's default configuration, each beside a baseline:\n\
          \n\
-         \x20 hookup-load   distinct hookups from concurrent senders against a release build,\n\
-         \x20               on SQLite and PostgreSQL; msgs/s, latency, storage verified\n\
-         \x20 discovery-load 10,000 tenants' OpenID Connect discovery against a local server\n\
-         \x20               answering in 20 ms; total time against the ideal, peak RSS\n\
-         \x20 token-load    the cached-token endpoint under wrk (64 connections) against bare-handler,\n\
-         \x20               alternating; req/s ratio, p99; RSS with 10,000 tenants' tokens cached\n\
-         \x20 bare-handler  the baseline for token-load: actix-web writing a token-sized JSON body\n\
-         \x20 refresh-burst 100 concurrent callers on a just-expired authorization-code token: one\n\
-         \x20               refresh at a stub provider; p50/p99, refreshes per round\n\
+         \x20 hookup-load      5,000 distinct hookups from 64 senders, credential check on, on SQLite\n\
+         \x20                  and PostgreSQL; beside it the same burst with the check off\n\
+         \x20 token-load       the cached-token endpoint under wrk (64 connections) against bare-handler,\n\
+         \x20                  alternating; req/s ratio, p99; RSS with 10,000 tenants' tokens cached\n\
+         \x20 refresh-storm    force_refresh over 1,000 tenants, 64 connections, SQLite and PostgreSQL;\n\
+         \x20                  beside it the cached path over the same tenants\n\
+         \x20 refresh-replicas 3 replicas on one PostgreSQL database: force_refresh spread over them,\n\
+         \x20                  and each tenant's force_refresh sent to all 3 at once (coalescing)\n\
+         \x20 refresh-burst    100 concurrent callers on a just-expired authorization-code token\n\
+         \x20 discovery-load   10,000 tenants' OpenID Connect discovery against a 20 ms local server\n\
+         \x20 bare-handler     the baseline for token-load: actix-web writing a token-sized JSON body\n\
          \n\
          Build and run from the workspace root:\n\
          \x20 cargo build --release -p provet-broker -p broker-bench\n\
-         \x20 target/release/hookup-load --backend both\n\
+         \x20 target/release/hookup-load\n\
          \x20 target/release/token-load        (needs wrk: apt-get install wrk)\n\
-         \x20 target/release/refresh-burst\n\
+         \x20 target/release/refresh-storm\n\
+         \x20 target/release/refresh-replicas\n\
          \n\
+         Every benchmark takes --binary PATH (default target/release/provet-broker).\n\
          See bench/README.md."
     );
 }

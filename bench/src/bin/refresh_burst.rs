@@ -58,9 +58,9 @@ struct Args {
     /// HTTP workers of the daemon; 0 = one per CPU core (its default).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// The daemon's log filter (BROKER_LOG__LEVEL).
-    #[arg(long, default_value = broker_bench::daemon::QUIET_LOG)]
-    log_level: String,
+    /// The daemon's log filter (BROKER_LOG__LEVEL); default: the daemon's own (`info`).
+    #[arg(long)]
+    log_level: Option<String>,
     /// More daemon settings, `BROKER_…=value` (repeatable), e.g.
     /// `--daemon-env BROKER_SERVER__API_KEY_CACHE_TTL=1h`.
     #[arg(long = "daemon-env", value_name = "NAME=VALUE", value_parser = broker_bench::daemon::parse_var)]
@@ -245,10 +245,12 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     )?;
     let port = free_port()?;
     let public_url = format!("http://127.0.0.1:{port}");
-    let mut env = DaemonEnv::sqlite(&args.binary)?;
+    let mut env = DaemonEnv::sqlite(&args.binary).await?;
     env.bind = format!("127.0.0.1:{port}");
     env.set("BROKER_SERVER__PUBLIC_URL", public_url.clone());
-    env.set("BROKER_LOG__LEVEL", args.log_level.clone());
+    if let Some(level) = &args.log_level {
+        env.set("BROKER_LOG__LEVEL", level.clone());
+    }
     for (name, value) in &args.daemon_env {
         env.set(name, value.clone());
     }

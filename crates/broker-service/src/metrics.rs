@@ -197,7 +197,7 @@ impl Metrics {
         let tokens_served = Family::<ServedLabels, Counter>::default();
         registry.register(
             "tokens_served",
-            "Access tokens handed out, by API key name, tenant and where they came from",
+            "Access tokens handed out, by API key name and where they came from (no tenant label)",
             tokens_served.clone(),
         );
         let upstream_token_requests = Family::<OutcomeLabels, Counter>::default();

@@ -88,9 +88,11 @@ impl CredentialChecks {
                     });
                 }
                 _ = tick.tick() => {
-                    match tokens.store.unchecked_clients(1000).await {
-                        Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
-                        Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
+                    if tokens.settings.verify_on_hookup {
+                        match tokens.store.unchecked_clients(1000).await {
+                            Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
+                            Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
+                        }
                     }
                     tokens.sweep();
                 }

@@ -136,12 +136,34 @@ async fn force_refresh_gives_a_new_token_once_for_concurrent_callers(backend: Ba
     assert_eq!(status, 200);
     assert_ne!(forced["access_token"], first["access_token"]);
     assert_eq!(p.token_requests(id).await.len(), 2);
-    // 20 concurrent force_refresh calls coalesce into one refresh.
+    // 20 concurrent force_refresh calls coalesce into one refresh. Each caller holds a
+    // connection opened beforehand and all send at once: a call that arrives after the
+    // refresh finished rightly gets a refresh of its own, so arrival must be concurrent.
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
     let mut calls = Vec::new();
     for _ in 0..20 {
-        let (daemon, key) = (daemon.clone(), key.clone());
+        let (url, key, barrier) = (
+            daemon.url(&format!("/v1/tenants/{id}/token")),
+            key.clone(),
+            barrier.clone(),
+        );
+        let health = daemon.url("/healthz");
         calls.push(tokio::spawn(async move {
-            token(&daemon, &key, id, Some(json!({"force_refresh": true}))).await
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client");
+            client.get(&health).send().await.expect("warm-up");
+            barrier.wait().await;
+            let answer = client
+                .post(&url)
+                .bearer_auth(key.as_str())
+                .json(&json!({"force_refresh": true}))
+                .send()
+                .await
+                .expect("request");
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.expect("json"))
         }));
     }
     let mut seen = std::collections::HashSet::new();

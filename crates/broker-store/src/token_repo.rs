@@ -293,6 +293,13 @@ impl Store {
             )?),
             None => None,
         };
+        // Taking the lease may have waited for the previous holder's commit, which stored
+        // its token after this statement's snapshot: read the token again, so a fresh one
+        // is never missed.
+        let stored = match fence {
+            Some(_) => self.load_token(key).await?,
+            None => stored,
+        };
         Ok(LeaseAttempt {
             lease: fence.map(|fence| TokenLease {
                 lock_key,

@@ -156,8 +156,9 @@ async fn write_batch(store: &Store, mut batch: Vec<Job>) {
     // order of arrival (the sort is stable).
     batch.sort_by_key(|j| j.msg.provet_id.get());
     let now = batch.iter().map(|j| j.now).max().unwrap_or_else(Utc::now);
-    let msgs: Vec<HookupMessage> = batch.iter().map(|j| j.msg.clone()).collect();
-    match store.apply_hookups(&msgs, now).await {
+    let msgs: Vec<&HookupMessage> = batch.iter().map(|j| &j.msg).collect();
+    let stored = store.apply_hookups(&msgs, now).await;
+    match stored {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcome));

@@ -74,7 +74,7 @@ impl Store {
         msg: &HookupMessage,
         now: DateTime<Utc>,
     ) -> Result<HookupOutcome> {
-        let mut outcomes = self.apply_hookups(std::slice::from_ref(msg), now).await?;
+        let mut outcomes = self.apply_hookups(&[msg], now).await?;
         outcomes
             .pop()
             .ok_or_else(|| StoreError::Corrupt("no outcome for a stored hookup".into()))
@@ -86,7 +86,7 @@ impl Store {
     /// always taken in the same order.
     pub async fn apply_hookups(
         &self,
-        msgs: &[HookupMessage],
+        msgs: &[&HookupMessage],
         now: DateTime<Utc>,
     ) -> Result<Vec<HookupOutcome>> {
         let w = self.begin_write().await?;

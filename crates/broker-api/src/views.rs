@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use broker_domain::{CredentialsState, DiscoveryState};
 use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, TenantRecord};
 
 /// A tenant as operators see it.
@@ -70,7 +71,7 @@ impl DiscoveryView {
     pub fn from_record(record: Option<DiscoveryRecord>) -> Self {
         match record {
             None => Self {
-                state: "not_applicable".into(),
+                state: DiscoveryState::NotApplicable.to_string(),
                 issuer: None,
                 fetched_at: None,
                 next_refresh_at: None,
@@ -85,7 +86,7 @@ impl DiscoveryView {
                 warnings: Vec::new(),
             },
             Some(d) => Self {
-                state: d.state,
+                state: d.state.to_string(),
                 issuer: d.issuer,
                 fetched_at: d.fetched_at,
                 next_refresh_at: Some(d.next_due_at),
@@ -134,7 +135,8 @@ impl From<TenantRecord> for TenantView {
             state: t
                 .client
                 .as_ref()
-                .map_or_else(|| "unchecked".into(), |c| c.credentials_state.clone()),
+                .map_or(CredentialsState::Unchecked, |c| c.credentials_state)
+                .to_string(),
             checked_at: t.client.as_ref().and_then(|c| c.credentials_checked_at),
             last_error: t
                 .client
@@ -144,7 +146,7 @@ impl From<TenantRecord> for TenantView {
         let discovery = DiscoveryView::from_record(t.discovery);
         Self {
             provet_id: t.provet_id,
-            status: t.status,
+            status: t.status.to_string(),
             departments: t.departments,
             client: t.client.map(ClientView::from),
             credentials,
@@ -154,7 +156,7 @@ impl From<TenantRecord> for TenantView {
                 .into_iter()
                 .map(|g| GrantView {
                     subject: g.subject,
-                    state: g.state,
+                    state: g.state.to_string(),
                     client_id: g.client_id,
                     scope: g.scope,
                     created_at: g.created_at,
@@ -173,9 +175,9 @@ impl From<ClientRecord> for ClientView {
     fn from(c: ClientRecord) -> Self {
         Self {
             client_id: c.client_id,
-            client_type: c.client_type,
-            grant_type: c.grant_type,
-            algorithm: c.algorithm,
+            client_type: c.client_type.to_string(),
+            grant_type: c.grant_type.to_string(),
+            algorithm: c.algorithm.map(|a| a.to_string()),
             token_url: c.token_url,
             authorize_url: c.authorize_url,
             openid_autodiscovery_url: c.openid_autodiscovery_url,
@@ -219,7 +221,7 @@ impl From<DeliveryRecord> for EventView {
             client_id: d.client_id,
             received_at: d.received_at,
             digest: d.digest,
-            outcome: d.outcome,
+            outcome: d.outcome.to_string(),
             payload: d.payload,
             errors: d.errors,
         }
@@ -271,7 +273,7 @@ pub enum ApiKeyState {
 
 impl From<ApiKeyRecord> for ApiKeyView {
     fn from(k: ApiKeyRecord) -> Self {
-        let defect = broker_service::api_keys::key_defect(&k.role, k.tenants.as_deref());
+        let defect = broker_service::api_keys::key_defect(k.role.as_str(), k.tenants.as_deref());
         let state = match (&k.revoked_at, defect) {
             (Some(_), _) => ApiKeyState::Revoked,
             (None, Some(_)) => ApiKeyState::Invalid,
@@ -280,7 +282,7 @@ impl From<ApiKeyRecord> for ApiKeyView {
         Self {
             id: k.id,
             name: k.name,
-            role: k.role,
+            role: k.role.to_string(),
             tenants: k.tenants,
             prefix: k.key_prefix,
             created_at: k.created_at,

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::hosts::UrlPolicy;
+pub use crate::states::{ClientType, GrantType, SigningAlgorithm};
 use crate::tenant::{MAX_PROVET_ID, ProvetId};
 
 const MAX_CLIENT_ID_LEN: usize = 255;
@@ -35,80 +36,6 @@ pub const REQUIRED_FIELDS: [&str; 10] = [
     "openid_autodiscovery_url",
 ];
 const OPTIONAL_FIELDS: [&str; 3] = ["departments", "added_department", "removed_department"];
-
-/// The OAuth flow the tenant's client uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GrantType {
-    AuthorizationCode,
-    ClientCredentials,
-}
-
-impl GrantType {
-    /// The canonical (RFC 6749) spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AuthorizationCode => "authorization_code",
-            Self::ClientCredentials => "client_credentials",
-        }
-    }
-
-    /// Accepts both the RFC spelling and django-oauth-toolkit's (`authorization-code`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "authorization_code" | "authorization-code" => Some(Self::AuthorizationCode),
-            "client_credentials" | "client-credentials" => Some(Self::ClientCredentials),
-            _ => None,
-        }
-    }
-}
-
-/// Whether the client can keep a secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClientType {
-    Confidential,
-    Public,
-}
-
-impl ClientType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Confidential => "confidential",
-            Self::Public => "public",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "confidential" => Some(Self::Confidential),
-            "public" => Some(Self::Public),
-            _ => None,
-        }
-    }
-}
-
-/// How the provider signs ID tokens; absent means the client does not use OpenID Connect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SigningAlgorithm {
-    Hs256,
-    Rs256,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hs256 => "HS256",
-            Self::Rs256 => "RS256",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "HS256" => Some(Self::Hs256),
-            "RS256" => Some(Self::Rs256),
-            _ => None,
-        }
-    }
-}
 
 /// How a message changes the tenant's departments.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,13 +1,22 @@
 //! provet-broker's domain: the types every other crate speaks, and the rules that make
 //! external input into them. Nothing here does I/O.
+//!
+//! - `states.rs`: every stored or shown state as an enum (tenant status, client and grant
+//!   type, signing algorithm, API-key role, credentials, discovery and grant states, hookup
+//!   and delivery outcomes, delivery source), each with its one spelling.
+//! - `hookup.rs`: the hookup message and its one parser (parse = validate).
+//! - `tenant.rs`: `ProvetId`.
+//! - `hosts.rs`: which upstream hosts and URLs are acceptable.
 
 pub mod hookup;
 pub mod hosts;
+pub mod states;
 pub mod tenant;
 
-pub use hookup::{
-    ClientType, DepartmentChange, FieldError, GrantType, HookupMessage, ParseError,
-    SigningAlgorithm,
-};
+pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError};
 pub use hosts::{HostAllowlist, UrlPolicy};
-pub use tenant::{ApiKeyRole, ProvetId, TenantStatus};
+pub use states::{
+    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState,
+    GrantState, GrantType, HookupOutcome, SigningAlgorithm, TenantStatus, UnknownState,
+};
+pub use tenant::ProvetId;

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::states::{ApiKeyRole, TenantStatus};
+
 /// The largest integer a JSON number carries exactly (2^53), and so the largest `provet_id`.
 pub const MAX_PROVET_ID: i64 = 1 << 53;
 
@@ -53,68 +55,6 @@ impl FromStr for ProvetId {
             .parse()
             .map_err(|_| format!("must be an integer from 1 to {MAX_PROVET_ID}"))?;
         Self::new(value)
-    }
-}
-
-/// Whether a tenant has the integration installed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TenantStatus {
-    Active,
-    Removed,
-}
-
-impl TenantStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Removed => "removed",
-        }
-    }
-}
-
-impl FromStr for TenantStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(Self::Active),
-            "removed" => Ok(Self::Removed),
-            other => Err(format!("unknown tenant status `{other}` (active, removed)")),
-        }
-    }
-}
-
-/// What an API key may do: fetch tokens, or administer the broker (which includes tokens).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiKeyRole {
-    Token,
-    Admin,
-}
-
-impl ApiKeyRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Token => "token",
-            Self::Admin => "admin",
-        }
-    }
-}
-
-impl FromStr for ApiKeyRole {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "token" => Ok(Self::Token),
-            "admin" => Ok(Self::Admin),
-            other => Err(format!("unknown role `{other}` (token, admin)")),
-        }
-    }
-}
-
-impl fmt::Display for ApiKeyRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -143,7 +143,7 @@ impl Broker {
             .store
             .insert_api_key(
                 name,
-                role.as_str(),
+                role,
                 tenants.as_deref(),
                 &hash_key(&key),
                 &key[..12],
@@ -185,12 +185,12 @@ impl Broker {
             return Ok(known);
         }
         let found = self.store.api_key_by_hash(&hash).await?.map(|record| {
-            match key_defect(&record.role, record.tenants.as_deref()) {
+            match key_defect(record.role.as_str(), record.tenants.as_deref()) {
                 Some(defect) => Authenticated::Unusable {
                     name: record.name,
                     defect,
                 },
-                None => match record.role.parse() {
+                None => match record.role.as_str().parse() {
                     Ok(role) => Authenticated::Valid(Principal {
                         key_id: record.id,
                         role,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use broker_domain::{GrantState, GrantType, SigningAlgorithm, TenantStatus};
 use broker_oauth::id_token::{self, Expected, IdTokenError, VerificationKey};
 use broker_oauth::token::{self as oauth, ClientAuth, TokenClient, TokenError};
 use broker_store::{
@@ -136,10 +137,10 @@ impl Broker {
             .map(|r| self.oauth.allowed_return_to.check(&r))
             .transpose()?;
         let client = match self.store.token_client(provet_id).await? {
-            Some(c) if c.tenant_status == "active" => c,
+            Some(c) if c.tenant_status == TenantStatus::Active => c,
             _ => return Err(AuthorizationError::TenantNotFound(provet_id)),
         };
-        if client.grant_type != "authorization_code" {
+        if client.grant_type != GrantType::AuthorizationCode {
             return Err(AuthorizationError::Misconfigured(format!(
                 "tenant {provet_id} uses the {} grant: it needs no clinic user to connect",
                 client.grant_type
@@ -269,7 +270,9 @@ impl Broker {
             .filter(|c| !c.is_empty())
             .ok_or(CallbackError::MissingCode)?;
         let client = match self.store.token_client(auth.provet_id).await? {
-            Some(c) if c.tenant_status == "active" && c.client_id == auth.client_id => c,
+            Some(c) if c.tenant_status == TenantStatus::Active && c.client_id == auth.client_id => {
+                c
+            }
             _ => return Err(CallbackError::ClientChanged),
         };
         let issued = oauth::exchange_code(
@@ -357,8 +360,8 @@ impl Broker {
             leeway: self.oauth.leeway.as_secs(),
             now: now.timestamp(),
         };
-        let claims = match client.algorithm.as_deref() {
-            Some("HS256") => {
+        let claims = match client.algorithm {
+            Some(SigningAlgorithm::Hs256) => {
                 let secret = client.client_secret.as_ref().ok_or_else(|| {
                     CallbackError::IdToken(
                         "HS256 needs the client secret, which is not stored".into(),
@@ -372,7 +375,7 @@ impl Broker {
                 )
                 .map_err(bad)?
             }
-            Some("RS256") => {
+            Some(SigningAlgorithm::Rs256) => {
                 let (_, kid) = id_token::key_id(token).map_err(bad)?;
                 let kid = kid.ok_or_else(|| {
                     CallbackError::IdToken("the ID token names no key (kid)".into())
@@ -453,7 +456,7 @@ impl Broker {
                 provet_id,
                 &client.client_id,
                 subject,
-                "revoked",
+                GrantState::Revoked,
                 Some("revoked by an operator"),
                 now,
             )

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use broker_domain::DiscoveryState;
 use broker_oauth::discovery::{self as oidc, DiscoveryError};
 use broker_oauth::{Upstream, UpstreamError};
 use broker_store::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter};
@@ -380,12 +381,16 @@ impl Broker {
     async fn refresh_discovery_gauge(&self) {
         match self.store.discovery_state_counts().await {
             Ok(counts) => {
-                for state in ["pending", "ok", "failed"] {
+                for state in [
+                    DiscoveryState::Pending,
+                    DiscoveryState::Ok,
+                    DiscoveryState::Failed,
+                ] {
                     let n = counts
                         .iter()
-                        .find(|(s, _)| s == state)
+                        .find(|(s, _)| *s == state)
                         .map_or(0, |(_, n)| *n);
-                    self.metrics.discovery_tenants(state, n);
+                    self.metrics.discovery_tenants(state.as_str(), n);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "could not count discovery states"),

@@ -1,5 +1,6 @@
 //! Discovery state: scheduling, claiming with a lease, and recording results.
 
+use broker_domain::DiscoveryState;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 use crate::entity::{client, discovery};
 use crate::records::*;
-use crate::{Result, Store};
+use crate::{Result, Store, StoreError};
 
 impl Store {
     /// Keeps the discovery row in step with the tenant's discovery URL: a new or changed URL
@@ -33,7 +34,7 @@ impl Store {
         let row = discovery::ActiveModel {
             provet_id: Set(provet_id),
             discovery_url: Set(url.to_owned()),
-            state: Set("pending".into()),
+            state: Set(DiscoveryState::Pending),
             issuer: Set(None),
             document: Set(None),
             token_endpoint: Set(None),
@@ -161,7 +162,7 @@ impl Store {
         let warnings =
             (!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string());
         let update = discovery::Entity::update_many()
-            .col_expr(discovery::Column::State, "ok".into())
+            .col_expr(discovery::Column::State, DiscoveryState::Ok.into())
             .col_expr(discovery::Column::Issuer, Some(found.issuer).into())
             .col_expr(
                 discovery::Column::Document,
@@ -226,7 +227,7 @@ impl Store {
         };
         let attempts = row.attempts.saturating_add(1);
         let mut row = row.into_active_model();
-        row.state = Set("failed".into());
+        row.state = Set(DiscoveryState::Failed);
         row.last_error = Set(Some(error.to_owned()));
         row.last_attempt_at = Set(Some(now));
         row.attempts = Set(attempts);
@@ -315,7 +316,7 @@ impl Store {
         let mut q =
             discovery::Entity::update_many().col_expr(discovery::Column::NextDueAt, now.into());
         q = match filter {
-            RerunFilter::Failed => q.filter(discovery::Column::State.eq("failed")),
+            RerunFilter::Failed => q.filter(discovery::Column::State.eq(DiscoveryState::Failed)),
             RerunFilter::Stale(before) => q.filter(
                 Condition::any()
                     .add(discovery::Column::FetchedAt.is_null())
@@ -328,7 +329,7 @@ impl Store {
     }
 
     /// Tenants per discovery state (tenants without a discovery URL are `not_applicable`).
-    pub async fn discovery_state_counts(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn discovery_state_counts(&self) -> Result<Vec<(DiscoveryState, i64)>> {
         let rows = self
             .db
             .query_all(
@@ -344,6 +345,9 @@ impl Store {
         let mut counts = Vec::new();
         for row in rows {
             let state: String = row.try_get_by_index(0)?;
+            let state = state
+                .parse()
+                .map_err(|e: broker_domain::UnknownState| StoreError::Corrupt(e.to_string()))?;
             let n: i64 = row.try_get_by_index(1)?;
             counts.push((state, n));
         }

@@ -1,6 +1,7 @@
 //! Authorizations in flight and the grants they produce. A refresh stores the rotated
 //! refresh token and the new access token in one transaction.
 
+use broker_domain::GrantState;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -143,7 +144,7 @@ impl Store {
             subject: Set(subject.to_owned()),
             refresh_token: Set(sealed),
             scope: Set(scope.to_owned()),
-            state: Set("active".into()),
+            state: Set(GrantState::Active),
             created_at: Set(now),
             updated_at: Set(now),
             last_refresh_at: Set(Some(now)),
@@ -197,7 +198,7 @@ impl Store {
             .filter(grant::Column::ProvetId.eq(grant.provet_id))
             .filter(grant::Column::ClientId.eq(grant.client_id.as_str()))
             .filter(grant::Column::Subject.eq(grant.subject.as_str()))
-            .filter(grant::Column::State.eq("active"));
+            .filter(grant::Column::State.eq(GrantState::Active));
         let update = match &grant.refresh_seal {
             Some(seal) => update.filter(grant::Column::RefreshToken.eq(seal.as_str())),
             None => update.filter(grant::Column::RefreshToken.is_null()),
@@ -230,7 +231,7 @@ impl Store {
             .filter(grant::Column::ClientId.eq(client_id));
         q = match subject {
             Some(s) => q.filter(grant::Column::Subject.eq(s)),
-            None => q.filter(grant::Column::State.eq("active")),
+            None => q.filter(grant::Column::State.eq(GrantState::Active)),
         };
         let mut row = q
             .order_by_desc(grant::Column::CreatedAt)
@@ -289,7 +290,7 @@ impl Store {
         provet_id: i64,
         client_id: &str,
         subject: &str,
-        state: &str,
+        state: GrantState,
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -299,7 +300,7 @@ impl Store {
             .col_expr(grant::Column::State, state.into())
             .col_expr(grant::Column::LastError, error.map(str::to_owned).into())
             .col_expr(grant::Column::UpdatedAt, now.into());
-        if state != "active" {
+        if !state.is_active() {
             update = update.col_expr(grant::Column::RefreshToken, Option::<String>::None.into());
         }
         let changed = update
@@ -309,7 +310,7 @@ impl Store {
             .exec(&tx)
             .await?
             .rows_affected;
-        if state != "active" {
+        if !state.is_active() {
             token::Entity::delete_many()
                 .filter(token::Column::ProvetId.eq(provet_id))
                 .filter(token::Column::ClientId.eq(client_id))
@@ -328,7 +329,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<(i64, String)>> {
         Ok(grant::Entity::find()
-            .filter(grant::Column::State.eq("active"))
+            .filter(grant::Column::State.eq(GrantState::Active))
             .filter(
                 Condition::any()
                     .add(grant::Column::LastRefreshAt.lt(before))

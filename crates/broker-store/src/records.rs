@@ -1,31 +1,18 @@
 //! What the store hands out: plain data, no sea-orm types, no secrets.
 
+pub use broker_domain::HookupOutcome;
+use broker_domain::{
+    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState,
+    GrantState, GrantType, SigningAlgorithm, TenantStatus,
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-
-/// What a hookup delivery did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookupOutcome {
-    Registered,
-    Updated,
-    Unchanged,
-}
-
-impl HookupOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Registered => "registered",
-            Self::Updated => "updated",
-            Self::Unchanged => "unchanged",
-        }
-    }
-}
 
 /// A tenant with its current client and departments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TenantRecord {
     pub provet_id: i64,
-    pub status: String,
+    pub status: TenantStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub removed_at: Option<DateTime<Utc>>,
@@ -42,7 +29,7 @@ pub struct GrantSummary {
     pub client_id: String,
     pub subject: String,
     pub scope: String,
-    pub state: String,
+    pub state: GrantState,
     pub created_at: DateTime<Utc>,
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -52,15 +39,15 @@ pub struct GrantSummary {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientRecord {
     pub client_id: String,
-    pub client_type: String,
-    pub grant_type: String,
-    pub algorithm: Option<String>,
+    pub client_type: ClientType,
+    pub grant_type: GrantType,
+    pub algorithm: Option<SigningAlgorithm>,
     pub token_url: String,
     pub authorize_url: String,
     pub openid_autodiscovery_url: Option<String>,
     pub redirect_uris: Vec<String>,
     pub has_secret: bool,
-    pub credentials_state: String,
+    pub credentials_state: CredentialsState,
     pub credentials_checked_at: Option<DateTime<Utc>>,
     pub credentials_last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -75,7 +62,9 @@ pub struct DeliveryRecord {
     pub client_id: Option<String>,
     pub received_at: DateTime<Utc>,
     pub digest: String,
-    pub outcome: String,
+    pub outcome: DeliveryOutcome,
+    /// Who made the delivery.
+    pub source: DeliverySource,
     pub payload: Option<Value>,
     pub errors: Option<Value>,
 }
@@ -85,7 +74,7 @@ pub struct DeliveryRecord {
 pub struct ApiKeyRecord {
     pub id: i64,
     pub name: String,
-    pub role: String,
+    pub role: ApiKeyRole,
     pub tenants: Option<Vec<i64>>,
     pub key_prefix: String,
     pub created_at: DateTime<Utc>,
@@ -95,10 +84,10 @@ pub struct ApiKeyRecord {
 /// Which tenants to list.
 #[derive(Clone, Debug, Default)]
 pub struct TenantFilter {
-    pub status: Option<String>,
-    pub grant_type: Option<String>,
-    /// `pending` (has a discovery URL) or `not_applicable` (has none).
-    pub discovery: Option<String>,
+    pub status: Option<TenantStatus>,
+    pub grant_type: Option<GrantType>,
+    /// A discovery state; `NotApplicable` lists the tenants without a discovery URL.
+    pub discovery: Option<DiscoveryState>,
     /// Keyset pagination: tenants with a larger provet_id than this.
     pub after: Option<i64>,
     pub limit: u64,
@@ -116,7 +105,7 @@ pub struct RekeyReport {
 pub struct DiscoveryRecord {
     pub provet_id: i64,
     pub discovery_url: String,
-    pub state: String,
+    pub state: DiscoveryState,
     pub issuer: Option<String>,
     pub token_endpoint: Option<String>,
     pub authorization_endpoint: Option<String>,
@@ -195,23 +184,23 @@ pub struct StoredToken {
 #[derive(Clone)]
 pub struct TokenClientRecord {
     pub provet_id: i64,
-    pub tenant_status: String,
+    pub tenant_status: TenantStatus,
     pub client_id: String,
     pub client_secret: Option<secrecy::SecretString>,
-    pub client_type: String,
-    pub grant_type: String,
+    pub client_type: ClientType,
+    pub grant_type: GrantType,
     pub token_url: String,
-    pub credentials_state: String,
+    pub credentials_state: CredentialsState,
     pub credentials_checked_at: Option<DateTime<Utc>>,
     pub authorize_url: String,
     pub redirect_uris: Vec<String>,
-    pub algorithm: Option<String>,
+    pub algorithm: Option<SigningAlgorithm>,
     /// From discovery: the token endpoint's advertised client authentication methods.
     pub auth_methods: Vec<String>,
     /// From discovery, when it succeeded.
     pub issuer: Option<String>,
     pub revocation_endpoint: Option<String>,
-    pub discovery_state: Option<String>,
+    pub discovery_state: Option<DiscoveryState>,
 }
 
 /// A new authorization to remember until its callback.
@@ -256,7 +245,7 @@ pub struct GrantRecord {
     /// The refresh token as stored (sealed): what a refresh compares before it writes.
     pub refresh_seal: Option<String>,
     pub scope: String,
-    pub state: String,
+    pub state: GrantState,
     pub created_at: DateTime<Utc>,
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,

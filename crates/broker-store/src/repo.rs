@@ -2,7 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use broker_domain::{FieldError, HookupMessage};
+use broker_domain::{
+    ApiKeyRole, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState, FieldError,
+    GrantState, HookupMessage, TenantStatus,
+};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{
@@ -118,7 +121,12 @@ impl Store {
                         tenant::Column::CreatedAt,
                         tenant::Column::UpdatedAt,
                     ])
-                    .values_panic([provet_id.into(), "active".into(), now.into(), now.into()])
+                    .values_panic([
+                        provet_id.into(),
+                        TenantStatus::Active.into(),
+                        now.into(),
+                        now.into(),
+                    ])
                     .on_conflict(
                         OnConflict::column(tenant::Column::ProvetId)
                             .do_nothing()
@@ -140,7 +148,7 @@ impl Store {
             .one(tx)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("tenant {provet_id} vanished")))?;
-        let reactivated = tenant_row.status != "active";
+        let reactivated = tenant_row.status != TenantStatus::Active;
 
         let current = client::Entity::find()
             .filter(client::Column::ProvetId.eq(provet_id))
@@ -178,7 +186,7 @@ impl Store {
                 .exec(tx)
                 .await?;
             grant::Entity::update_many()
-                .col_expr(grant::Column::State, "revoked".into())
+                .col_expr(grant::Column::State, GrantState::Revoked.into())
                 .col_expr(grant::Column::RefreshToken, Option::<String>::None.into())
                 .col_expr(
                     grant::Column::LastError,
@@ -187,7 +195,7 @@ impl Store {
                 .col_expr(grant::Column::UpdatedAt, now.into())
                 .filter(grant::Column::ProvetId.eq(provet_id))
                 .filter(grant::Column::ClientId.ne(msg.client_id.as_str()))
-                .filter(grant::Column::State.ne("revoked"))
+                .filter(grant::Column::State.ne(GrantState::Revoked))
                 .exec(tx)
                 .await?;
         }
@@ -206,7 +214,7 @@ impl Store {
         }
         if outcome != HookupOutcome::Unchanged && !inserted {
             let mut t = tenant_row.into_active_model();
-            t.status = Set("active".into());
+            t.status = Set(TenantStatus::Active);
             t.removed_at = Set(None);
             t.updated_at = Set(now);
             t.update(tx).await?;
@@ -253,9 +261,9 @@ impl Store {
         };
         Ok(secret_same
             && c.is_current
-            && c.client_type == msg.client_type.as_str()
-            && c.grant_type == msg.grant_type.as_str()
-            && c.algorithm.as_deref() == msg.algorithm.map(|a| a.as_str())
+            && c.client_type == msg.client_type
+            && c.grant_type == msg.grant_type
+            && c.algorithm == msg.algorithm
             && c.token_url == msg.token_url.as_str()
             && c.authorize_url == msg.authorize_url.as_str()
             && c.openid_autodiscovery_url.as_deref()
@@ -308,9 +316,9 @@ impl Store {
             },
         };
         row.client_secret = Set(sealed);
-        row.client_type = Set(msg.client_type.as_str().into());
-        row.grant_type = Set(msg.grant_type.as_str().into());
-        row.algorithm = Set(msg.algorithm.map(|a| a.as_str().into()));
+        row.client_type = Set(msg.client_type);
+        row.grant_type = Set(msg.grant_type);
+        row.algorithm = Set(msg.algorithm);
         row.token_url = Set(msg.token_url.to_string());
         row.authorize_url = Set(msg.authorize_url.to_string());
         row.openid_autodiscovery_url =
@@ -319,7 +327,7 @@ impl Store {
         row.is_current = Set(true);
         row.superseded_at = Set(None);
         // New credentials have not been tried yet.
-        row.credentials_state = Set("unchecked".into());
+        row.credentials_state = Set(CredentialsState::Unchecked);
         row.credentials_checked_at = Set(None);
         row.credentials_last_error = Set(None);
         row.updated_at = Set(now);
@@ -343,7 +351,8 @@ impl Store {
             client_id: Set(None),
             received_at: Set(now),
             digest: Set(digest.into()),
-            outcome: Set("rejected".into()),
+            outcome: Set(DeliveryOutcome::Rejected),
+            source: Set(DeliverySource::Hookup),
             payload: Set(None),
             errors: Set(Some(errors)),
         }
@@ -364,7 +373,7 @@ impl Store {
     pub async fn tenants(&self, filter: &TenantFilter) -> Result<Vec<TenantRecord>> {
         let mut q = tenant::Entity::find().order_by_asc(tenant::Column::ProvetId);
         if let Some(status) = &filter.status {
-            q = q.filter(tenant::Column::Status.eq(status.as_str()));
+            q = q.filter(tenant::Column::Status.eq(*status));
         }
         if let Some(after) = filter.after {
             q = q.filter(tenant::Column::ProvetId.gt(after));
@@ -374,7 +383,7 @@ impl Store {
             sub.column(client::Column::ProvetId)
                 .from(client::Entity)
                 .and_where(client::Column::IsCurrent.eq(true))
-                .and_where(client::Column::GrantType.eq(grant.as_str()));
+                .and_where(client::Column::GrantType.eq(*grant));
             q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
         }
         if let Some(state) = &filter.discovery {
@@ -382,10 +391,10 @@ impl Store {
             let mut sub = Query::select();
             sub.column(discovery::Column::ProvetId)
                 .from(discovery::Entity);
-            if state == "not_applicable" {
+            if *state == DiscoveryState::NotApplicable {
                 q = q.filter(tenant::Column::ProvetId.not_in_subquery(sub.to_owned()));
             } else {
-                sub.and_where(discovery::Column::State.eq(state.as_str()));
+                sub.and_where(discovery::Column::State.eq(*state));
                 q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
             }
         }
@@ -426,7 +435,7 @@ impl Store {
                         client_id: g.client_id.clone(),
                         subject: g.subject.clone(),
                         scope: g.scope.clone(),
-                        state: g.state.clone(),
+                        state: g.state,
                         created_at: g.created_at,
                         last_refresh_at: g.last_refresh_at,
                         last_error: g.last_error.clone(),
@@ -478,6 +487,7 @@ impl Store {
                 received_at: d.received_at,
                 digest: d.digest,
                 outcome: d.outcome,
+                source: d.source,
                 payload: d.payload.and_then(|p| serde_json::from_str(&p).ok()),
                 errors: d.errors.and_then(|e| serde_json::from_str(&e).ok()),
             })
@@ -511,7 +521,7 @@ impl Store {
             .exec(&w.tx)
             .await?;
         grant::Entity::update_many()
-            .col_expr(grant::Column::State, "revoked".into())
+            .col_expr(grant::Column::State, GrantState::Revoked.into())
             .col_expr(grant::Column::RefreshToken, Option::<String>::None.into())
             .col_expr(
                 grant::Column::LastError,
@@ -525,9 +535,9 @@ impl Store {
             .filter(department::Column::ProvetId.eq(provet_id))
             .exec(&w.tx)
             .await?;
-        if t.status != "removed" {
+        if t.status != TenantStatus::Removed {
             let mut t = t.into_active_model();
-            t.status = Set("removed".into());
+            t.status = Set(TenantStatus::Removed);
             t.removed_at = Set(Some(now));
             t.updated_at = Set(now);
             t.update(&w.tx).await?;
@@ -560,7 +570,7 @@ impl Store {
     pub async fn insert_api_key(
         &self,
         name: &str,
-        role: &str,
+        role: ApiKeyRole,
         tenants: Option<&[i64]>,
         key_hash: &str,
         key_prefix: &str,
@@ -570,7 +580,7 @@ impl Store {
         let row = api_key::ActiveModel {
             id: NotSet,
             name: Set(name.into()),
-            role: Set(role.into()),
+            role: Set(role),
             tenants: Set(tenants.map(|t| serde_json::to_string(t).unwrap_or_default())),
             key_hash: Set(key_hash.into()),
             key_prefix: Set(key_prefix.into()),
@@ -808,7 +818,8 @@ async fn record_delivery(
         client_id: Set(Some(msg.client_id.clone())),
         received_at: Set(now),
         digest: Set(msg.digest.clone()),
-        outcome: Set(outcome.as_str().into()),
+        outcome: Set(outcome.into()),
+        source: Set(DeliverySource::Hookup),
         payload: Set(Some(msg.redacted_json().to_string())),
         errors: Set(None),
     }
@@ -861,15 +872,15 @@ fn redirect_uris_json(msg: &HookupMessage) -> String {
 fn client_record(c: &client::Model) -> ClientRecord {
     ClientRecord {
         client_id: c.client_id.clone(),
-        client_type: c.client_type.clone(),
-        grant_type: c.grant_type.clone(),
-        algorithm: c.algorithm.clone(),
+        client_type: c.client_type,
+        grant_type: c.grant_type,
+        algorithm: c.algorithm,
         token_url: c.token_url.clone(),
         authorize_url: c.authorize_url.clone(),
         openid_autodiscovery_url: c.openid_autodiscovery_url.clone(),
         redirect_uris: serde_json::from_str(&c.redirect_uris).unwrap_or_default(),
         has_secret: c.client_secret.is_some(),
-        credentials_state: c.credentials_state.clone(),
+        credentials_state: c.credentials_state,
         credentials_checked_at: c.credentials_checked_at,
         credentials_last_error: c.credentials_last_error.clone(),
         created_at: c.created_at,

@@ -1,6 +1,7 @@
 //! Cached access tokens, the credential state of clients, and the cross-replica lock that
 //! lets one request per token key reach the provider.
 
+use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -110,13 +111,13 @@ impl Store {
         let active = Query::select()
             .column(tenant::Column::ProvetId)
             .from(tenant::Entity)
-            .and_where(tenant::Column::Status.eq("active"))
+            .and_where(tenant::Column::Status.eq(TenantStatus::Active))
             .to_owned();
         Ok(client::Entity::find()
             .filter(client::Column::ProvetId.in_subquery(active))
             .filter(client::Column::IsCurrent.eq(true))
-            .filter(client::Column::GrantType.eq("client_credentials"))
-            .filter(client::Column::CredentialsState.eq("unchecked"))
+            .filter(client::Column::GrantType.eq(GrantType::ClientCredentials))
+            .filter(client::Column::CredentialsState.eq(CredentialsState::Unchecked))
             .order_by_asc(client::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -131,7 +132,7 @@ impl Store {
         &self,
         provet_id: i64,
         client_id: &str,
-        state: &str,
+        state: CredentialsState,
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -206,7 +207,10 @@ impl Store {
             .await?;
         if let Some(now) = credentials_ok {
             client::Entity::update_many()
-                .col_expr(client::Column::CredentialsState, "ok".into())
+                .col_expr(
+                    client::Column::CredentialsState,
+                    CredentialsState::Ok.into(),
+                )
                 .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
                 .col_expr(
                     client::Column::CredentialsLastError,

@@ -173,7 +173,7 @@ impl Cli {
                         .discover_now(id.get())
                         .await?
                         .with_context(|| format!("tenant {id} has no discovery URL"))?;
-                    let failed = record.state == "failed";
+                    let failed = record.state == broker_domain::DiscoveryState::Failed;
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&DiscoveryView::from_record(Some(record)))?
@@ -207,12 +207,16 @@ impl Cli {
                 let broker = offline_broker(&settings).await?;
                 match cmd {
                     TenantsCommand::List { status, limit } => {
+                        let status = status
+                            .as_deref()
+                            .map(str::parse::<broker_domain::TenantStatus>)
+                            .transpose()?;
                         let mut after = None;
                         let mut left = limit;
                         while left > 0 {
                             let page = broker
                                 .tenants(&TenantFilter {
-                                    status: status.clone(),
+                                    status,
                                     after,
                                     limit: left.min(500),
                                     ..Default::default()

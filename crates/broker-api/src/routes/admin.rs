@@ -79,10 +79,12 @@ pub async fn list_tenants(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let q = query.into_inner();
-    if let Some(s) = &q.status {
-        s.parse::<broker_domain::TenantStatus>()
-            .map_err(ApiError::InvalidRequest)?;
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<broker_domain::TenantStatus>)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if q.grant_type
         .as_deref()
         .is_some_and(|g| broker_domain::GrantType::parse(g).is_none())
@@ -93,7 +95,7 @@ pub async fn list_tenants(
     }
     if q.discovery
         .as_deref()
-        .is_some_and(|d| !["pending", "ok", "failed", "not_applicable"].contains(&d))
+        .is_some_and(|d| d.parse::<broker_domain::DiscoveryState>().is_err())
     {
         return Err(ApiError::InvalidRequest(
             "discovery must be `pending`, `ok`, `failed` or `not_applicable`".into(),
@@ -103,13 +105,12 @@ pub async fn list_tenants(
     let tenants = state
         .broker
         .tenants(&TenantFilter {
-            status: q.status,
+            status,
             grant_type: q
                 .grant_type
                 .as_deref()
-                .and_then(broker_domain::GrantType::parse)
-                .map(|g| g.as_str().to_owned()),
-            discovery: q.discovery,
+                .and_then(broker_domain::GrantType::parse),
+            discovery: q.discovery.as_deref().and_then(|d| d.parse().ok()),
             after: q.after,
             limit,
         })
@@ -233,7 +234,7 @@ pub async fn create_api_key(
     let role: ApiKeyRole = body
         .role
         .parse()
-        .map_err(|message| invalid_field("role", message))?;
+        .map_err(|e: broker_domain::UnknownState| invalid_field("role", e.to_string()))?;
     let created = state
         .broker
         .create_api_key(&body.name, role, body.tenants)

@@ -37,7 +37,7 @@ pub async fn get_tenant(
         .broker
         .tenant(id)
         .await?
-        .filter(|t| t.status == "active")
+        .filter(|t| t.status == broker_domain::TenantStatus::Active)
         .ok_or(ApiError::TenantNotFound(id))?;
     Ok(HttpResponse::Ok().json(ServiceTenantView::from(tenant)))
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use dashmap::DashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -109,9 +110,9 @@ impl TokenBroker {
     async fn check_if_unchecked(&self, provet_id: i64) -> Result<(), TokenBrokerError> {
         match self.store.token_client(provet_id).await? {
             Some(c)
-                if c.tenant_status == "active"
-                    && c.credentials_state == "unchecked"
-                    && c.grant_type == "client_credentials" =>
+                if c.tenant_status == TenantStatus::Active
+                    && c.credentials_state == CredentialsState::Unchecked
+                    && c.grant_type == GrantType::ClientCredentials =>
             {
                 self.verify_with(provet_id, Some(Arc::new(c))).await
             }

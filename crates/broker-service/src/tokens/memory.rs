@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use broker_domain::CredentialsState;
 use broker_store::{StoredToken, TokenClientRecord, TokenKey};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -114,10 +115,10 @@ impl Memory {
     pub fn credentials_ok(&self, provet_id: i64) {
         if let Some(mut tenant) = self.tenants.get_mut(&provet_id)
             && let Some(c) = tenant.client.as_mut()
-            && c.record.credentials_state != "ok"
+            && c.record.credentials_state != CredentialsState::Ok
         {
             let mut record = (*c.record).clone();
-            record.credentials_state = "ok".into();
+            record.credentials_state = CredentialsState::Ok;
             c.record = Arc::new(record);
         }
     }

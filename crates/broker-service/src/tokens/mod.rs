@@ -15,6 +15,7 @@ mod refresh;
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use broker_oauth::Upstream;
 use broker_oauth::token::{self as oauth, ClientAuth, TokenClient, TokenError};
 use broker_store::{GrantRecord, Store, StoredToken, TokenClientRecord, TokenKey, TokenLease};
@@ -387,7 +388,7 @@ impl TokenBroker {
             return Ok(c.record);
         }
         match self.store.token_client(provet_id).await? {
-            Some(c) if c.tenant_status == "active" => {
+            Some(c) if c.tenant_status == TenantStatus::Active => {
                 let record = Arc::new(c);
                 self.memory.set_client(record.clone(), now);
                 Ok(record)
@@ -409,7 +410,7 @@ impl TokenBroker {
         subject: Option<&str>,
     ) -> Result<Target, TokenBrokerError> {
         let provet_id = client.provet_id;
-        if client.grant_type != "authorization_code" {
+        if client.grant_type != GrantType::AuthorizationCode {
             if subject.is_some() {
                 return Err(TokenBrokerError::InvalidRequest(format!(
                     "subject names a clinic user's grant; tenant {provet_id} uses client_credentials and has none"
@@ -450,7 +451,7 @@ impl TokenBroker {
         key: &TokenKey,
         ctx: &RequestContext,
     ) -> Result<BrokeredToken, TokenBrokerError> {
-        let rejected_at = (client.credentials_state == "rejected")
+        let rejected_at = (client.credentials_state == CredentialsState::Rejected)
             .then_some(client.credentials_checked_at)
             .flatten();
         if policy::in_cooldown(rejected_at, ctx, self.now(), &self.settings) {
@@ -470,7 +471,7 @@ impl TokenBroker {
         match result {
             Ok(issued) => {
                 let token = self.stored_token(&issued, now);
-                let check_passed = client.credentials_state != "ok";
+                let check_passed = client.credentials_state != CredentialsState::Ok;
                 let saved = self
                     .store
                     .save_token(key, &token, Some(&lease), check_passed.then_some(now))
@@ -626,7 +627,7 @@ impl TokenBroker {
                     .set_credentials_state(
                         client.provet_id,
                         &client.client_id,
-                        "rejected",
+                        CredentialsState::Rejected,
                         Some(&reason),
                         now,
                     )
@@ -722,7 +723,7 @@ fn reconnect(provet_id: i64, detail: &str) -> TokenBrokerError {
 
 /// A grant serves a request when it is active and covers the scope asked for.
 fn usable_grant(grant: &GrantRecord, scope: &str) -> Result<(), TokenBrokerError> {
-    if grant.state != "active" {
+    if !grant.state.is_active() {
         return Err(reconnect(
             grant.provet_id,
             &format!(

@@ -4,6 +4,7 @@
 //! held; the rotated refresh token and the new access token are committed, with a
 //! compare-and-set on the refresh token that was used, before anyone gets the token.
 
+use broker_domain::GrantState;
 use broker_oauth::token::{self as oauth, TokenError};
 use broker_store::{StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
 use secrecy::ExposeSecret;
@@ -75,7 +76,7 @@ impl TokenBroker {
                 .store
                 .grant(key.provet_id, &key.client_id, Some(&key.subject))
                 .await?
-                .filter(|g| g.state == "active")
+                .filter(|g| g.state.is_active())
                 .ok_or_else(|| RefreshFailure::GrantLost("the grant is no longer active".into()))?;
             let Some(refresh_token) = grant.refresh_token.clone() else {
                 return Err(RefreshFailure::GrantLost(
@@ -142,7 +143,7 @@ impl TokenBroker {
                             key.provet_id,
                             &key.client_id,
                             &key.subject,
-                            "reauthorization_required",
+                            GrantState::ReauthorizationRequired,
                             Some(&detail),
                             now,
                         )

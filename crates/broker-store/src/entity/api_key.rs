@@ -1,3 +1,4 @@
+use broker_domain::ApiKeyRole;
 use sea_orm::entity::prelude::*;
 
 /// An API key: only the SHA-256 of the key is kept, and its first characters to recognise it.
@@ -7,7 +8,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     pub name: String,
-    pub role: String,
+    pub role: ApiKeyRole,
     /// JSON array of provet ids, or NULL for every tenant.
     pub tenants: Option<String>,
     #[sea_orm(unique)]

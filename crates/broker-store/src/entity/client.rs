@@ -1,3 +1,4 @@
+use broker_domain::{ClientType, CredentialsState, GrantType, SigningAlgorithm};
 use sea_orm::entity::prelude::*;
 
 /// One OAuth client of a tenant. `client_secret` holds ciphertext (see `crypto`), never
@@ -10,9 +11,9 @@ pub struct Model {
     pub provet_id: i64,
     pub client_id: String,
     pub client_secret: Option<String>,
-    pub client_type: String,
-    pub grant_type: String,
-    pub algorithm: Option<String>,
+    pub client_type: ClientType,
+    pub grant_type: GrantType,
+    pub algorithm: Option<SigningAlgorithm>,
     pub token_url: String,
     pub authorize_url: String,
     pub openid_autodiscovery_url: Option<String>,
@@ -20,7 +21,7 @@ pub struct Model {
     pub redirect_uris: String,
     pub is_current: bool,
     pub superseded_at: Option<DateTimeUtc>,
-    pub credentials_state: String,
+    pub credentials_state: CredentialsState,
     pub credentials_checked_at: Option<DateTimeUtc>,
     pub credentials_last_error: Option<String>,
     pub created_at: DateTimeUtc,

@@ -1,3 +1,4 @@
+use broker_domain::DiscoveryState;
 use sea_orm::entity::prelude::*;
 
 /// A tenant's OpenID Connect metadata and the state of fetching it.
@@ -7,7 +8,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub provet_id: i64,
     pub discovery_url: String,
-    pub state: String,
+    pub state: DiscoveryState,
     pub issuer: Option<String>,
     pub document: Option<String>,
     pub token_endpoint: Option<String>,

@@ -1,3 +1,4 @@
+use broker_domain::GrantState;
 use sea_orm::entity::prelude::*;
 
 /// A clinic user's grant: the refresh token (sealed) that keeps the tenant connected.
@@ -12,7 +13,7 @@ pub struct Model {
     pub subject: String,
     pub refresh_token: Option<String>,
     pub scope: String,
-    pub state: String,
+    pub state: GrantState,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub last_refresh_at: Option<DateTimeUtc>,

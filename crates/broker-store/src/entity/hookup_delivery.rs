@@ -1,3 +1,4 @@
+use broker_domain::{DeliveryOutcome, DeliverySource};
 use sea_orm::entity::prelude::*;
 
 /// One POST to the hookup URL that passed the secret check: accepted or rejected.
@@ -11,7 +12,8 @@ pub struct Model {
     pub client_id: Option<String>,
     pub received_at: DateTimeUtc,
     pub digest: String,
-    pub outcome: String,
+    pub outcome: DeliveryOutcome,
+    pub source: DeliverySource,
     pub payload: Option<String>,
     pub errors: Option<String>,
 }

@@ -1,3 +1,4 @@
+use broker_domain::TenantStatus;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -5,7 +6,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub provet_id: i64,
-    pub status: String,
+    pub status: TenantStatus,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub removed_at: Option<DateTimeUtc>,

@@ -5,15 +5,19 @@
 //!   type, signing algorithm, API-key role, credentials, discovery and grant states, hookup
 //!   and delivery outcomes, delivery source), each with its one spelling.
 //! - `hookup.rs`: the hookup message and its one parser (parse = validate).
+//! - `hookup_decision.rs`: what a valid hookup does to a tenant's stored state, decided
+//!   without I/O (registered / updated / unchanged, what changed, what to revoke).
 //! - `tenant.rs`: `ProvetId`.
 //! - `hosts.rs`: which upstream hosts and URLs are acceptable.
 
 pub mod hookup;
+pub mod hookup_decision;
 pub mod hosts;
 pub mod states;
 pub mod tenant;
 
 pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError};
+pub use hookup_decision::{HookupDecision, StoredClient, StoredTenant, decide_hookup};
 pub use hosts::{HostAllowlist, UrlPolicy};
 pub use states::{
     ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState,

@@ -141,6 +141,7 @@ impl Broker {
         let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
         let record = self
             .store
+            .api_keys()
             .insert_api_key(
                 name,
                 role,
@@ -163,11 +164,11 @@ impl Broker {
     }
 
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.store.api_keys().await
+        self.store.api_keys().api_keys().await
     }
 
     pub async fn revoke_api_key(&self, id: i64) -> Result<bool, StoreError> {
-        let revoked = self.store.revoke_api_key(id, self.now()).await?;
+        let revoked = self.store.api_keys().revoke_api_key(id, self.now()).await?;
         self.api_key_cache.cache.invalidate_all();
         if revoked {
             tracing::info!(key_id = id, "API key revoked");
@@ -184,26 +185,31 @@ impl Broker {
         if let Some(known) = self.api_key_cache.cache.get(&hash).await {
             return Ok(known);
         }
-        let found = self.store.api_key_by_hash(&hash).await?.map(|record| {
-            match key_defect(record.role.as_str(), record.tenants.as_deref()) {
-                Some(defect) => Authenticated::Unusable {
-                    name: record.name,
-                    defect,
-                },
-                None => match record.role.as_str().parse() {
-                    Ok(role) => Authenticated::Valid(Principal {
-                        key_id: record.id,
-                        role,
+        let found = self
+            .store
+            .api_keys()
+            .api_key_by_hash(&hash)
+            .await?
+            .map(
+                |record| match key_defect(record.role.as_str(), record.tenants.as_deref()) {
+                    Some(defect) => Authenticated::Unusable {
                         name: record.name,
-                        tenants: record.tenants,
-                    }),
-                    Err(_) => Authenticated::Unusable {
-                        name: record.name,
-                        defect: KeyDefect::UnknownRole,
+                        defect,
+                    },
+                    None => match record.role.as_str().parse() {
+                        Ok(role) => Authenticated::Valid(Principal {
+                            key_id: record.id,
+                            role,
+                            name: record.name,
+                            tenants: record.tenants,
+                        }),
+                        Err(_) => Authenticated::Unusable {
+                            name: record.name,
+                            defect: KeyDefect::UnknownRole,
+                        },
                     },
                 },
-            }
-        });
+            );
         self.api_key_cache.cache.insert(hash, found.clone()).await;
         Ok(found)
     }

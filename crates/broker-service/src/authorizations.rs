@@ -136,7 +136,7 @@ impl Broker {
         let return_to = return_to
             .map(|r| self.oauth.allowed_return_to.check(&r))
             .transpose()?;
-        let client = match self.store.token_client(provet_id).await? {
+        let client = match self.store.tokens().token_client(provet_id).await? {
             Some(c) if c.tenant_status == TenantStatus::Active => c,
             _ => return Err(AuthorizationError::TenantNotFound(provet_id)),
         };
@@ -194,6 +194,7 @@ impl Broker {
             }
         }
         self.store
+            .grants()
             .create_authorization(
                 NewAuthorization {
                     state_hash: &state_hash(&state),
@@ -252,6 +253,7 @@ impl Broker {
         let now = self.now();
         let auth = match self
             .store
+            .grants()
             .take_authorization(&state_hash(state), now)
             .await?
         {
@@ -269,7 +271,7 @@ impl Broker {
         let code = code
             .filter(|c| !c.is_empty())
             .ok_or(CallbackError::MissingCode)?;
-        let client = match self.store.token_client(auth.provet_id).await? {
+        let client = match self.store.tokens().token_client(auth.provet_id).await? {
             Some(c) if c.tenant_status == TenantStatus::Active && c.client_id == auth.client_id => {
                 c
             }
@@ -314,6 +316,7 @@ impl Broker {
             granted_scope: issued.scope.clone(),
         };
         self.store
+            .grants()
             .save_grant(
                 (&client.provet_id, &client.client_id, &subject),
                 issued.refresh_token.as_ref(),
@@ -421,11 +424,12 @@ impl Broker {
     /// Revokes one grant: at the provider when discovery gave a revocation endpoint (a
     /// failure there is logged, not fatal), then here. False when there is no such grant.
     pub async fn revoke_grant(&self, provet_id: i64, subject: &str) -> Result<bool, StoreError> {
-        let Some(client) = self.store.token_client(provet_id).await? else {
+        let Some(client) = self.store.tokens().token_client(provet_id).await? else {
             return Ok(false);
         };
         let Some(grant) = self
             .store
+            .grants()
             .grant(provet_id, &client.client_id, Some(subject))
             .await?
         else {
@@ -452,6 +456,7 @@ impl Broker {
         }
         let now = self.now();
         self.store
+            .grants()
             .set_grant_state(
                 provet_id,
                 &client.client_id,

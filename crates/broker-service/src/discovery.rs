@@ -168,6 +168,7 @@ impl Broker {
         let now = self.now();
         let d = self.discovery();
         self.store
+            .discovery()
             .claim_discovery(&d.owner, now, now + d.lease(), limit, only)
             .await
     }
@@ -182,12 +183,16 @@ impl Broker {
             return Ok(None);
         };
         self.run_job(job).await;
-        self.store.discovery(provet_id).await
+        self.store.discovery().discovery(provet_id).await
     }
 
     /// Makes many tenants due; the worker (or `discover_due`) picks them up.
     pub async fn schedule_discovery(&self, filter: RerunFilter) -> Result<u64, StoreError> {
-        let n = self.store.schedule_discovery(filter, self.now()).await?;
+        let n = self
+            .store
+            .discovery()
+            .schedule_discovery(filter, self.now())
+            .await?;
         self.discovery().wake.notify_one();
         tracing::info!(scheduled = n, ?filter, "discovery rerun scheduled");
         Ok(n)
@@ -297,6 +302,7 @@ impl Broker {
         let next = now + to_chrono(jitter(d.settings.refresh_interval, 0.1));
         match self
             .store
+            .discovery()
             .discovery_succeeded(&d.owner, job, success, now, next)
             .await
         {
@@ -322,6 +328,7 @@ impl Broker {
         let backoff = |attempts| now + to_chrono(d.backoff(attempts));
         match self
             .store
+            .discovery()
             .discovery_failed(&d.owner, job, error, now, backoff)
             .await
         {
@@ -341,7 +348,7 @@ impl Broker {
     /// `Cache-Control: max-age`, refetches the JWKS, at most once per `jwks_min_interval`
     /// per tenant across all replicas; a stale key is still used if the refetch fails.
     pub async fn jwk(&self, provet_id: i64, kid: &str) -> Result<Option<Value>, StoreError> {
-        let Some(record) = self.store.discovery(provet_id).await? else {
+        let Some(record) = self.store.discovery().discovery(provet_id).await? else {
             return Ok(None);
         };
         let now = self.now();
@@ -356,6 +363,7 @@ impl Broker {
         let not_since = now - to_chrono(self.discovery().settings.jwks_min_interval);
         if !self
             .store
+            .discovery()
             .claim_jwks_refetch(provet_id, now, not_since)
             .await?
         {
@@ -366,6 +374,7 @@ impl Broker {
             Ok(jwks) => {
                 let expires = jwks.max_age.map(|age| jwks_expiry(now, age));
                 self.store
+                    .discovery()
                     .store_jwks(provet_id, &jwks.keys, expires, now)
                     .await?;
                 tracing::info!(provet_id, kid, expired, "refetched the JWKS");
@@ -379,7 +388,7 @@ impl Broker {
     }
 
     async fn refresh_discovery_gauge(&self) {
-        match self.store.discovery_state_counts().await {
+        match self.store.discovery().discovery_state_counts().await {
             Ok(counts) => {
                 for state in [
                     DiscoveryState::Pending,

@@ -71,7 +71,9 @@ pub struct HookupWriter {
     max_batch: usize,
 }
 
-type Stored = Result<HookupOutcome, StoreError>;
+/// What storing a message decided (its outcome, the changed field names, the department
+/// diff), or why it could not be stored.
+type Stored = Result<broker_domain::HookupDecision, StoreError>;
 
 struct Job {
     msg: HookupMessage,
@@ -101,7 +103,7 @@ impl HookupWriter {
             reply,
         };
         if self.queue.send(job).await.is_err() {
-            return store.apply_hookup(msg, now).await;
+            return store.tenants().apply_hookup(msg, now).await;
         }
         // A reply is dropped only if its writer died mid-batch (a panic): the message may
         // or may not be stored, so Provet must hear a failure, never a success.
@@ -157,7 +159,7 @@ async fn write_batch(store: &Store, mut batch: Vec<Job>) {
     batch.sort_by_key(|j| j.msg.provet_id.get());
     let now = batch.iter().map(|j| j.now).max().unwrap_or_else(Utc::now);
     let msgs: Vec<&HookupMessage> = batch.iter().map(|j| &j.msg).collect();
-    let stored = store.apply_hookups(&msgs, now).await;
+    let stored = store.tenants().apply_hookups(&msgs, now).await;
     match stored {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -174,7 +176,7 @@ async fn write_batch(store: &Store, mut batch: Vec<Job>) {
         Err(e) => {
             tracing::warn!(error = %e, messages = batch.len(), "a hookup batch failed; storing its messages one by one");
             for job in batch {
-                let stored = store.apply_hookup(&job.msg, job.now).await;
+                let stored = store.tenants().apply_hookup(&job.msg, job.now).await;
                 let _ = job.reply.send(stored);
             }
         }
@@ -222,7 +224,8 @@ impl Broker {
             .store(&self.store, &msg, self.now())
             .await
         {
-            Ok(outcome) => {
+            Ok(decision) => {
+                let outcome = decision.outcome;
                 self.metrics.hookup(outcome.as_str());
                 if outcome != HookupOutcome::Unchanged {
                     // New credentials: nothing cached for the old ones may be served.
@@ -281,6 +284,7 @@ impl Broker {
         );
         if let Err(e) = self
             .store
+            .tenants()
             .record_rejected_delivery(provet_id, &digest, &errors, self.now())
             .await
         {

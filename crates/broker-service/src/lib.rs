@@ -47,11 +47,11 @@ impl Broker {
 
     /// The tenant view; `None` for an unknown tenant.
     pub async fn tenant(&self, provet_id: i64) -> Result<Option<TenantRecord>, StoreError> {
-        self.store.tenant(provet_id).await
+        self.store.tenants().tenant(provet_id).await
     }
 
     pub async fn tenants(&self, filter: &TenantFilter) -> Result<Vec<TenantRecord>, StoreError> {
-        self.store.tenants(filter).await
+        self.store.tenants().tenants(filter).await
     }
 
     pub async fn deliveries(
@@ -60,12 +60,19 @@ impl Broker {
         before: Option<i64>,
         limit: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.store.deliveries(provet_id, before, limit).await
+        self.store
+            .tenants()
+            .deliveries(provet_id, before, limit)
+            .await
     }
 
     /// The tenant removed the integration: disable it and wipe its secrets.
     pub async fn remove_tenant(&self, provet_id: i64) -> Result<bool, StoreError> {
-        let removed = self.store.remove_tenant(provet_id, self.now()).await?;
+        let removed = self
+            .store
+            .tenants()
+            .remove_tenant(provet_id, self.now())
+            .await?;
         self.tokens.forget(provet_id);
         if removed {
             tracing::info!(provet_id, "tenant removed; its secrets were wiped");

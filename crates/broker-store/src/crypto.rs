@@ -4,6 +4,8 @@
 //!
 //! Stored form: `v1:<key id>:<base64 nonce || ciphertext || tag>`.
 
+pub(crate) mod aad;
+
 use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};

@@ -57,31 +57,39 @@ async fn hookup_outcomes_follow_what_changed() {
     let now = Utc::now();
     let m = message("a", "secret-one", json!({"departments": [1, 2]}));
     assert_eq!(
-        s.apply_hookup(&m, now).await.unwrap(),
+        s.tenants().apply_hookup(&m, now).await.unwrap().outcome,
         HookupOutcome::Registered
     );
     assert_eq!(
-        s.apply_hookup(&m, now).await.unwrap(),
+        s.tenants().apply_hookup(&m, now).await.unwrap().outcome,
         HookupOutcome::Unchanged
     );
     let m2 = message("a", "secret-one", json!({"added_department": 3}));
     assert_eq!(
-        s.apply_hookup(&m2, now).await.unwrap(),
+        s.tenants().apply_hookup(&m2, now).await.unwrap().outcome,
         HookupOutcome::Updated
     );
-    assert_eq!(s.tenant(7).await.unwrap().unwrap().departments, [1, 2, 3]);
+    assert_eq!(
+        s.tenants().tenant(7).await.unwrap().unwrap().departments,
+        [1, 2, 3]
+    );
     let m3 = message("b", "secret-two", json!({}));
     assert_eq!(
-        s.apply_hookup(&m3, now).await.unwrap(),
+        s.tenants().apply_hookup(&m3, now).await.unwrap().outcome,
         HookupOutcome::Updated
     );
-    let t = s.tenant(7).await.unwrap().unwrap();
+    let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.client.unwrap().client_id, "b");
     assert_eq!(
-        s.client_secret(7).await.unwrap().unwrap().expose_secret(),
+        s.tenants()
+            .client_secret(7)
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
         "secret-two"
     );
-    assert_eq!(s.deliveries(7, None, 10).await.unwrap().len(), 4);
+    assert_eq!(s.tenants().deliveries(7, None, 10).await.unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -90,16 +98,18 @@ async fn rekey_reseals_under_the_new_key() {
     let old_b64 = MasterKey::generate_base64();
     let old = || MasterKey::from_base64(&old_b64).unwrap();
     let s = store(&dir, Keyring::new(old(), vec![])).await;
-    s.apply_hookup(&message("a", "secret-one", json!({})), Utc::now())
+    s.tenants()
+        .apply_hookup(&message("a", "secret-one", json!({})), Utc::now())
         .await
         .unwrap();
-    s.secret_setting_or_insert("hookup_secret", || "hs".to_owned().into(), Utc::now())
+    s.settings()
+        .secret_setting_or_insert("hookup_secret", || "hs".to_owned().into(), Utc::now())
         .await
         .unwrap();
     s.close().await;
 
     let s = store(&dir, Keyring::new(key(), vec![old()])).await;
-    let report = s.rekey().await.unwrap();
+    let report = s.settings().rekey().await.unwrap();
     assert_eq!(
         report,
         RekeyReport {
@@ -108,14 +118,19 @@ async fn rekey_reseals_under_the_new_key() {
         }
     );
     assert_eq!(
-        s.rekey().await.unwrap(),
+        s.settings().rekey().await.unwrap(),
         RekeyReport {
             resealed: 0,
             already_current: 2
         }
     );
     assert_eq!(
-        s.client_secret(7).await.unwrap().unwrap().expose_secret(),
+        s.tenants()
+            .client_secret(7)
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
         "secret-one"
     );
 }

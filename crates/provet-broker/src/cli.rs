@@ -113,7 +113,11 @@ impl Cli {
             Command::Rekey => {
                 let store = open_store(&settings).await?;
                 store.migrate().await?;
-                let report = store.rekey().await.context("re-sealing secrets")?;
+                let report = store
+                    .settings()
+                    .rekey()
+                    .await
+                    .context("re-sealing secrets")?;
                 println!(
                     "re-sealed {} secret(s) with key {}; {} already used it. The old key can now be removed from secrets.previous_keys.",
                     report.resealed,
@@ -195,7 +199,7 @@ impl Cli {
                 let done = broker
                     .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
                     .await?;
-                let counts = broker.store.discovery_state_counts().await?;
+                let counts = broker.store.discovery().discovery_state_counts().await?;
                 let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
                 println!(
                     "discovery: ran {done} here; tenants now {}",

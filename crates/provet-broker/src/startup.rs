@@ -137,6 +137,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
             )
         })?;
     let missing = store
+        .settings()
         .missing_key_ids()
         .await
         .context("reading which keys sealed the stored secrets")?;
@@ -257,6 +258,7 @@ impl Application {
 
         let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
             let (secret, generated) = store
+                .settings()
                 .secret_setting_or_insert(
                     "hookup_secret",
                     HookupSecrets::generate,

@@ -90,7 +90,7 @@ impl CredentialChecks {
                 }
                 _ = tick.tick() => {
                     if tokens.settings.verify_on_hookup {
-                        match tokens.store.unchecked_clients(1000).await {
+                        match tokens.store.tokens().unchecked_clients(1000).await {
                             Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
                             Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
                         }
@@ -108,7 +108,7 @@ impl TokenBroker {
     /// The background check: only while the credentials are still unchecked (a token
     /// request may have settled it meanwhile).
     async fn check_if_unchecked(&self, provet_id: i64) -> Result<(), TokenBrokerError> {
-        match self.store.token_client(provet_id).await? {
+        match self.store.tokens().token_client(provet_id).await? {
             Some(c)
                 if c.tenant_status == TenantStatus::Active
                     && c.credentials_state == CredentialsState::Unchecked
@@ -126,7 +126,7 @@ impl TokenBroker {
         &self,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, broker_store::StoreError> {
-        let stale = self.store.stale_grants(before, 500).await?;
+        let stale = self.store.grants().stale_grants(before, 500).await?;
         let mut refreshed = 0;
         for (provet_id, subject) in stale {
             let request = TokenRequest {

@@ -387,7 +387,7 @@ impl TokenBroker {
         {
             return Ok(c.record);
         }
-        match self.store.token_client(provet_id).await? {
+        match self.store.tokens().token_client(provet_id).await? {
             Some(c) if c.tenant_status == TenantStatus::Active => {
                 let record = Arc::new(c);
                 self.memory.set_client(record.clone(), now);
@@ -425,6 +425,7 @@ impl TokenBroker {
         }
         let Some(grant) = self
             .store
+            .grants()
             .grant(provet_id, &client.client_id, subject)
             .await?
         else {
@@ -474,10 +475,11 @@ impl TokenBroker {
                 let check_passed = client.credentials_state != CredentialsState::Ok;
                 let saved = self
                     .store
+                    .tokens()
                     .save_token(key, &token, Some(&lease), check_passed.then_some(now))
                     .await;
                 if let Err(e) = saved {
-                    let _ = self.store.release_token_lease(&lease).await;
+                    let _ = self.store.tokens().release_token_lease(&lease).await;
                     return Err(e.into());
                 }
                 if check_passed {
@@ -488,7 +490,7 @@ impl TokenBroker {
                 Ok(answer(key, &token, Source::Provider))
             }
             Err(e) => {
-                self.store.release_token_lease(&lease).await?;
+                self.store.tokens().release_token_lease(&lease).await?;
                 self.token_failed(client, key, stored.as_ref(), ctx, e, now)
                     .await
             }
@@ -507,7 +509,7 @@ impl TokenBroker {
         if let Some(b) = self.memory.backoff(key.provet_id)
             && b.until > self.now()
         {
-            let stored = self.store.load_token(key).await?;
+            let stored = self.store.tokens().load_token(key).await?;
             let wait = (b.until - self.now()).to_std().unwrap_or_default();
             return self
                 .serve_stale_or(
@@ -527,6 +529,7 @@ impl TokenBroker {
         loop {
             let attempt = self
                 .store
+                .tokens()
                 .try_token_lease(key, &self.owner, self.settings.lease_ttl())
                 .await?;
             let now = self.now();
@@ -536,7 +539,7 @@ impl TokenBroker {
                 .filter(|t| policy::will_do(t, ctx, now, &self.settings))
             {
                 if let Some(lease) = &attempt.lease {
-                    self.store.release_token_lease(lease).await?;
+                    self.store.tokens().release_token_lease(lease).await?;
                 }
                 self.memory.remember(key, token, now);
                 return Ok(Turn::Served(answer(key, token, Source::Database)));
@@ -624,6 +627,7 @@ impl TokenBroker {
             TokenError::Rejected { code, description } if bad_client => {
                 let reason = format!("the provider answered {code}");
                 self.store
+                    .tokens()
                     .set_credentials_state(
                         client.provet_id,
                         &client.client_id,

@@ -41,7 +41,7 @@ impl TokenBroker {
         let result = self.refresh_holding(client, key, &lease).await;
         if result.is_err() {
             // On success the lease went with the commit.
-            self.store.release_token_lease(&lease).await?;
+            self.store.tokens().release_token_lease(&lease).await?;
         }
         match result {
             Ok(token) => {
@@ -74,6 +74,7 @@ impl TokenBroker {
         loop {
             let grant = self
                 .store
+                .grants()
                 .grant(key.provet_id, &key.client_id, Some(&key.subject))
                 .await?
                 .filter(|g| g.state.is_active())
@@ -99,6 +100,7 @@ impl TokenBroker {
                     let token = self.stored_token(&issued, now);
                     let saved = self
                         .store
+                        .grants()
                         .save_refreshed_grant(
                             &grant,
                             issued.refresh_token.as_ref(),
@@ -122,6 +124,7 @@ impl TokenBroker {
                         .upstream_token_request("rejected", started.elapsed());
                     let current = self
                         .store
+                        .grants()
                         .grant(key.provet_id, &key.client_id, Some(&key.subject))
                         .await?;
                     let rotated = current
@@ -139,6 +142,7 @@ impl TokenBroker {
                     self.metrics.refresh("invalid_grant");
                     let detail = format!("the provider answered {e}");
                     self.store
+                        .grants()
                         .set_grant_state(
                             key.provet_id,
                             &key.client_id,

@@ -1,6 +1,8 @@
 //! Authorizations in flight and the grants they produce. A refresh stores the rotated
 //! refresh token and the new access token in one transaction.
 
+use std::sync::Arc;
+
 use broker_domain::GrantState;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
@@ -10,21 +12,27 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::TokenLease;
+use crate::crypto::aad;
+use crate::db::Db;
 use crate::entity::{authorization, grant, token};
-use crate::records::*;
-use crate::token_repo::{release, token_upsert};
-use crate::{Result, Store};
+use crate::records::{
+    AuthorizationRecord, GrantRecord, NewAuthorization, StoredToken, TakenAuthorization, TokenKey,
+};
+use crate::tokens::{release, token_row, token_upsert};
+use crate::{Keyring, Result, TokenLease};
 
-pub(crate) fn verifier_aad(state_hash: &str) -> String {
-    format!("authorizations.pkce_verifier:{state_hash}")
+/// Authorizations in flight and clinic users' grants.
+#[derive(Clone)]
+pub struct Grants {
+    db: Db,
+    keyring: Arc<Keyring>,
 }
 
-pub(crate) fn refresh_aad(provet_id: i64, client_id: &str, subject: &str) -> String {
-    format!("grants.refresh_token:{provet_id}:{client_id}:{subject}")
-}
+impl Grants {
+    pub(crate) fn new(db: Db, keyring: Arc<Keyring>) -> Self {
+        Self { db, keyring }
+    }
 
-impl Store {
     pub async fn create_authorization(
         &self,
         a: NewAuthorization<'_>,
@@ -34,9 +42,10 @@ impl Store {
             state_hash: Set(a.state_hash.to_owned()),
             provet_id: Set(a.provet_id),
             client_id: Set(a.client_id.to_owned()),
-            pkce_verifier: Set(self
-                .keyring
-                .seal(&verifier_aad(a.state_hash), a.pkce_verifier.expose_secret())),
+            pkce_verifier: Set(self.keyring.seal(
+                &aad::pkce_verifier(a.state_hash),
+                a.pkce_verifier.expose_secret(),
+            )),
             nonce: Set(a.nonce.map(str::to_owned)),
             scope: Set(a.scope.to_owned()),
             redirect_uri: Set(a.redirect_uri.to_owned()),
@@ -45,14 +54,14 @@ impl Store {
             expires_at: Set(a.expires_at),
             used_at: Set(None),
         };
-        let _writer = self.sqlite_write_lock().await;
+        let _writer = self.db.sqlite_write_lock().await;
         authorization::Entity::insert(row)
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.db.main)
             .await?;
         // Old, finished or expired authorizations are of no further use.
         authorization::Entity::delete_many()
             .filter(authorization::Column::ExpiresAt.lt(now - chrono::Duration::days(1)))
-            .exec(&self.db)
+            .exec(&self.db.main)
             .await?;
         Ok(())
     }
@@ -64,19 +73,19 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<TakenAuthorization> {
         let taken = {
-            let _writer = self.sqlite_write_lock().await;
+            let _writer = self.db.sqlite_write_lock().await;
             authorization::Entity::update_many()
                 .col_expr(authorization::Column::UsedAt, Some(now).into())
                 .filter(authorization::Column::StateHash.eq(state_hash))
                 .filter(authorization::Column::UsedAt.is_null())
                 .filter(authorization::Column::ExpiresAt.gt(now))
-                .exec(&self.db)
+                .exec(&self.db.main)
                 .await?
                 .rows_affected
                 == 1
         };
         let Some(row) = authorization::Entity::find_by_id(state_hash.to_owned())
-            .one(&self.db)
+            .one(&self.db.main)
             .await?
         else {
             return Ok(TakenAuthorization::Unknown);
@@ -91,11 +100,11 @@ impl Store {
         // The verifier is needed once; wipe it now.
         let verifier = self
             .keyring
-            .open(&verifier_aad(state_hash), &row.pkce_verifier)?;
+            .open(&aad::pkce_verifier(state_hash), &row.pkce_verifier)?;
         authorization::Entity::update_many()
             .col_expr(authorization::Column::PkceVerifier, String::new().into())
             .filter(authorization::Column::StateHash.eq(state_hash))
-            .exec(&self.db)
+            .exec(&self.db.main)
             .await?;
         Ok(TakenAuthorization::Taken(AuthorizationRecord {
             provet_id: row.provet_id,
@@ -122,12 +131,12 @@ impl Store {
         let (provet_id, client_id, subject) = (*grant_key.0, grant_key.1, grant_key.2);
         let sealed = refresh_token.map(|r| {
             self.keyring.seal(
-                &refresh_aad(provet_id, client_id, subject),
+                &aad::refresh_token(provet_id, client_id, subject),
                 r.expose_secret(),
             )
         });
-        let _writer = self.sqlite_write_lock().await;
-        let tx = self.db.begin().await?;
+        let _writer = self.db.sqlite_write_lock().await;
+        let tx = self.db.main.begin().await?;
         let mut update = vec![
             grant::Column::Scope,
             grant::Column::State,
@@ -161,7 +170,7 @@ impl Store {
         )
         .exec_without_returning(&tx)
         .await?;
-        token::Entity::insert(self.token_row(token_key, access))
+        token::Entity::insert(token_row(&self.keyring, token_key, access))
             .on_conflict(token_upsert())
             .exec_without_returning(&tx)
             .await?;
@@ -189,7 +198,7 @@ impl Store {
             .col_expr(grant::Column::LastError, Option::<String>::None.into());
         if let Some(r) = refresh_token {
             let sealed = self.keyring.seal(
-                &refresh_aad(grant.provet_id, &grant.client_id, &grant.subject),
+                &aad::refresh_token(grant.provet_id, &grant.client_id, &grant.subject),
                 r.expose_secret(),
             );
             update = update.col_expr(grant::Column::RefreshToken, Some(sealed).into());
@@ -203,11 +212,11 @@ impl Store {
             Some(seal) => update.filter(grant::Column::RefreshToken.eq(seal.as_str())),
             None => update.filter(grant::Column::RefreshToken.is_null()),
         };
-        let _writer = self.sqlite_write_lock().await;
-        let tx = self.db.begin().await?;
+        let _writer = self.db.sqlite_write_lock().await;
+        let tx = self.db.main.begin().await?;
         let updated = update.exec(&tx).await?.rows_affected == 1;
         if updated {
-            token::Entity::insert(self.token_row(token_key, access))
+            token::Entity::insert(token_row(&self.keyring, token_key, access))
                 .on_conflict(token_upsert())
                 .exec_without_returning(&tx)
                 .await?;
@@ -236,14 +245,14 @@ impl Store {
         let mut row = q
             .order_by_desc(grant::Column::CreatedAt)
             .limit(1)
-            .one(&self.db)
+            .one(&self.db.main)
             .await?;
         if row.is_none() && subject.is_none() {
             row = grant::Entity::find()
                 .filter(grant::Column::ProvetId.eq(provet_id))
                 .filter(grant::Column::ClientId.eq(client_id))
                 .order_by_desc(grant::Column::CreatedAt)
-                .one(&self.db)
+                .one(&self.db.main)
                 .await?;
         }
         row.map(|g| self.grant_record(g, true)).transpose()
@@ -251,10 +260,10 @@ impl Store {
 
     fn grant_record(&self, g: grant::Model, open: bool) -> Result<GrantRecord> {
         let refresh_token = match (&g.refresh_token, open) {
-            (Some(sealed), true) => Some(
-                self.keyring
-                    .open(&refresh_aad(g.provet_id, &g.client_id, &g.subject), sealed)?,
-            ),
+            (Some(sealed), true) => Some(self.keyring.open(
+                &aad::refresh_token(g.provet_id, &g.client_id, &g.subject),
+                sealed,
+            )?),
             _ => None,
         };
         Ok(GrantRecord {
@@ -276,7 +285,7 @@ impl Store {
         grant::Entity::find()
             .filter(grant::Column::ProvetId.eq(provet_id))
             .order_by_desc(grant::Column::CreatedAt)
-            .all(&self.db)
+            .all(&self.db.main)
             .await?
             .into_iter()
             .map(|g| self.grant_record(g, false))
@@ -294,8 +303,8 @@ impl Store {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let _writer = self.sqlite_write_lock().await;
-        let tx = self.db.begin().await?;
+        let _writer = self.db.sqlite_write_lock().await;
+        let tx = self.db.main.begin().await?;
         let mut update = grant::Entity::update_many()
             .col_expr(grant::Column::State, state.into())
             .col_expr(grant::Column::LastError, error.map(str::to_owned).into())
@@ -337,7 +346,7 @@ impl Store {
             )
             .order_by_asc(grant::Column::LastRefreshAt)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.db.main)
             .await?
             .into_iter()
             .map(|g| (g.provet_id, g.subject))

@@ -9,83 +9,20 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use crate::db::Db;
 use crate::entity::{client, discovery};
-use crate::records::*;
-use crate::{Result, Store, StoreError};
+use crate::records::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter};
+use crate::{Result, StoreError};
 
-impl Store {
-    /// Keeps the discovery row in step with the tenant's discovery URL: a new or changed URL
-    /// is due at once; no URL means nothing to discover.
-    pub(crate) async fn sync_discovery(
-        &self,
-        tx: &DatabaseTransaction,
-        provet_id: i64,
-        url: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let Some(url) = url else {
-            discovery::Entity::delete_by_id(provet_id).exec(tx).await?;
-            return Ok(());
-        };
-        let existing = discovery::Entity::find_by_id(provet_id).one(tx).await?;
-        if existing.as_ref().is_some_and(|d| d.discovery_url == url) {
-            return Ok(());
-        }
-        let row = discovery::ActiveModel {
-            provet_id: Set(provet_id),
-            discovery_url: Set(url.to_owned()),
-            state: Set(DiscoveryState::Pending),
-            issuer: Set(None),
-            document: Set(None),
-            token_endpoint: Set(None),
-            authorization_endpoint: Set(None),
-            jwks_uri: Set(None),
-            userinfo_endpoint: Set(None),
-            revocation_endpoint: Set(None),
-            auth_methods: Set(None),
-            jwks: Set(None),
-            jwks_fetched_at: Set(None),
-            jwks_expires_at: Set(None),
-            warnings: Set(None),
-            fetched_at: Set(None),
-            last_attempt_at: Set(None),
-            next_due_at: Set(now),
-            attempts: Set(0),
-            last_error: Set(None),
-            lease_owner: Set(None),
-            lease_expires_at: Set(None),
-        };
-        discovery::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(discovery::Column::ProvetId)
-                    .update_columns([
-                        discovery::Column::DiscoveryUrl,
-                        discovery::Column::State,
-                        discovery::Column::Issuer,
-                        discovery::Column::Document,
-                        discovery::Column::TokenEndpoint,
-                        discovery::Column::AuthorizationEndpoint,
-                        discovery::Column::JwksUri,
-                        discovery::Column::UserinfoEndpoint,
-                        discovery::Column::RevocationEndpoint,
-                        discovery::Column::AuthMethods,
-                        discovery::Column::Jwks,
-                        discovery::Column::JwksFetchedAt,
-                        discovery::Column::JwksExpiresAt,
-                        discovery::Column::Warnings,
-                        discovery::Column::FetchedAt,
-                        discovery::Column::LastAttemptAt,
-                        discovery::Column::NextDueAt,
-                        discovery::Column::Attempts,
-                        discovery::Column::LastError,
-                        discovery::Column::LeaseOwner,
-                        discovery::Column::LeaseExpiresAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(tx)
-            .await?;
-        Ok(())
+/// Tenants' OpenID Connect metadata and the schedule of fetching it.
+#[derive(Clone)]
+pub struct Discovery {
+    db: Db,
+}
+
+impl Discovery {
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// Claims up to `limit` due tenants that nobody holds, for `lease`, as `owner`. On
@@ -99,7 +36,7 @@ impl Store {
         limit: u64,
         only: Option<i64>,
     ) -> Result<Vec<DiscoveryJob>> {
-        let w = self.begin_write().await?;
+        let w = self.db.begin_write().await?;
         let mut q = discovery::Entity::find();
         q = match only {
             // An explicit run ignores the schedule and any lease.
@@ -114,7 +51,7 @@ impl Store {
                 .order_by_asc(discovery::Column::NextDueAt),
         };
         q = q.limit(limit);
-        if self.is_postgres() {
+        if self.db.is_postgres() {
             q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
         let rows = q.all(&w.tx).await?;
@@ -209,8 +146,8 @@ impl Store {
             .filter(discovery::Column::ProvetId.eq(job.provet_id))
             .filter(discovery::Column::LeaseOwner.eq(owner))
             .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()));
-        let _writer = self.sqlite_write_lock().await;
-        Ok(update.exec(&self.db).await?.rows_affected == 1)
+        let _writer = self.db.sqlite_write_lock().await;
+        Ok(update.exec(&self.db.main).await?.rows_affected == 1)
     }
 
     /// Records a failed run (metadata from an earlier success is kept) and releases the lease.
@@ -234,8 +171,8 @@ impl Store {
         row.next_due_at = Set(next_due(attempts));
         row.lease_owner = Set(None);
         row.lease_expires_at = Set(None);
-        let _writer = self.sqlite_write_lock().await;
-        row.update(&self.db).await?;
+        let _writer = self.db.sqlite_write_lock().await;
+        row.update(&self.db.main).await?;
         Ok(Some(attempts))
     }
 
@@ -249,7 +186,7 @@ impl Store {
         Ok(discovery::Entity::find_by_id(job.provet_id)
             .filter(discovery::Column::LeaseOwner.eq(owner))
             .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
-            .one(&self.db)
+            .one(&self.db.main)
             .await?)
     }
 
@@ -261,13 +198,13 @@ impl Store {
         expires_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let _writer = self.sqlite_write_lock().await;
+        let _writer = self.db.sqlite_write_lock().await;
         discovery::Entity::update_many()
             .col_expr(discovery::Column::Jwks, Some(jwks.to_string()).into())
             .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
             .col_expr(discovery::Column::JwksExpiresAt, expires_at.into())
             .filter(discovery::Column::ProvetId.eq(provet_id))
-            .exec(&self.db)
+            .exec(&self.db.main)
             .await?;
         Ok(())
     }
@@ -280,7 +217,7 @@ impl Store {
         now: DateTime<Utc>,
         not_since: DateTime<Utc>,
     ) -> Result<bool> {
-        let _writer = self.sqlite_write_lock().await;
+        let _writer = self.db.sqlite_write_lock().await;
         let result = discovery::Entity::update_many()
             .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
             .filter(discovery::Column::ProvetId.eq(provet_id))
@@ -289,26 +226,16 @@ impl Store {
                     .add(discovery::Column::JwksFetchedAt.is_null())
                     .add(discovery::Column::JwksFetchedAt.lt(not_since)),
             )
-            .exec(&self.db)
+            .exec(&self.db.main)
             .await?;
         Ok(result.rows_affected == 1)
     }
 
     pub async fn discovery(&self, provet_id: i64) -> Result<Option<DiscoveryRecord>> {
         Ok(discovery::Entity::find_by_id(provet_id)
-            .one(&self.db)
+            .one(&self.db.main)
             .await?
             .map(discovery_record))
-    }
-
-    pub(crate) async fn discoveries(&self, ids: Vec<i64>) -> Result<Vec<DiscoveryRecord>> {
-        Ok(discovery::Entity::find()
-            .filter(discovery::Column::ProvetId.is_in(ids))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(discovery_record)
-            .collect())
     }
 
     /// Makes the matching tenants due now; returns how many.
@@ -324,14 +251,15 @@ impl Store {
             ),
             RerunFilter::All => q,
         };
-        let _writer = self.sqlite_write_lock().await;
-        Ok(q.exec(&self.db).await?.rows_affected)
+        let _writer = self.db.sqlite_write_lock().await;
+        Ok(q.exec(&self.db.main).await?.rows_affected)
     }
 
     /// Tenants per discovery state (tenants without a discovery URL are `not_applicable`).
     pub async fn discovery_state_counts(&self) -> Result<Vec<(DiscoveryState, i64)>> {
         let rows = self
             .db
+            .main
             .query_all(
                 Query::select()
                     .column(discovery::Column::State)
@@ -353,6 +281,93 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// Keeps the discovery row in step with the tenant's discovery URL: a new or changed URL
+/// is due at once; no URL means nothing to discover.
+pub(crate) async fn sync_discovery(
+    tx: &DatabaseTransaction,
+    provet_id: i64,
+    url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(url) = url else {
+        discovery::Entity::delete_by_id(provet_id).exec(tx).await?;
+        return Ok(());
+    };
+    let existing = discovery::Entity::find_by_id(provet_id).one(tx).await?;
+    if existing.as_ref().is_some_and(|d| d.discovery_url == url) {
+        return Ok(());
+    }
+    let row = discovery::ActiveModel {
+        provet_id: Set(provet_id),
+        discovery_url: Set(url.to_owned()),
+        state: Set(DiscoveryState::Pending),
+        issuer: Set(None),
+        document: Set(None),
+        token_endpoint: Set(None),
+        authorization_endpoint: Set(None),
+        jwks_uri: Set(None),
+        userinfo_endpoint: Set(None),
+        revocation_endpoint: Set(None),
+        auth_methods: Set(None),
+        jwks: Set(None),
+        jwks_fetched_at: Set(None),
+        jwks_expires_at: Set(None),
+        warnings: Set(None),
+        fetched_at: Set(None),
+        last_attempt_at: Set(None),
+        next_due_at: Set(now),
+        attempts: Set(0),
+        last_error: Set(None),
+        lease_owner: Set(None),
+        lease_expires_at: Set(None),
+    };
+    discovery::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(discovery::Column::ProvetId)
+                .update_columns([
+                    discovery::Column::DiscoveryUrl,
+                    discovery::Column::State,
+                    discovery::Column::Issuer,
+                    discovery::Column::Document,
+                    discovery::Column::TokenEndpoint,
+                    discovery::Column::AuthorizationEndpoint,
+                    discovery::Column::JwksUri,
+                    discovery::Column::UserinfoEndpoint,
+                    discovery::Column::RevocationEndpoint,
+                    discovery::Column::AuthMethods,
+                    discovery::Column::Jwks,
+                    discovery::Column::JwksFetchedAt,
+                    discovery::Column::JwksExpiresAt,
+                    discovery::Column::Warnings,
+                    discovery::Column::FetchedAt,
+                    discovery::Column::LastAttemptAt,
+                    discovery::Column::NextDueAt,
+                    discovery::Column::Attempts,
+                    discovery::Column::LastError,
+                    discovery::Column::LeaseOwner,
+                    discovery::Column::LeaseExpiresAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(tx)
+        .await?;
+    Ok(())
+}
+
+/// The discovery records of these tenants (those that have one).
+pub(crate) async fn records<C: ConnectionTrait>(
+    db: &C,
+    ids: Vec<i64>,
+) -> Result<Vec<DiscoveryRecord>> {
+    Ok(discovery::Entity::find()
+        .filter(discovery::Column::ProvetId.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(discovery_record)
+        .collect())
 }
 
 fn discovery_record(d: discovery::Model) -> DiscoveryRecord {

@@ -1,7 +1,9 @@
 //! Cached access tokens, the credential state of clients, and the cross-replica lock that
-//! lets one request per token key reach the provider.
+//! lets one request per token key reach the provider (`TokenLease`).
 
 use broker_domain::{CredentialsState, GrantType, TenantStatus};
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -11,16 +13,11 @@ use sea_orm::{
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
+use crate::crypto::aad;
+use crate::db::Db;
 use crate::entity::{client, discovery, tenant, token};
-use crate::records::*;
-use crate::{Result, Store, StoreError};
-
-pub(crate) fn token_aad(key: &TokenKey) -> String {
-    format!(
-        "tokens.access_token:{}:{}:{}:{}",
-        key.provet_id, key.client_id, key.scope, key.subject
-    )
-}
+use crate::records::{StoredToken, TokenClientRecord, TokenKey};
+use crate::{Keyring, Result, StoreError};
 
 /// One replica's turn to ask the provider for a token key (PostgreSQL). A row in
 /// `token_leases`, taken and released by single statements, so that no connection is held
@@ -53,29 +50,43 @@ fn lock_key(key: &TokenKey) -> String {
     ))
 }
 
-impl Store {
+/// Cached access tokens, the credential state of clients, and the token lease.
+#[derive(Clone)]
+pub struct Tokens {
+    db: Db,
+    keyring: Arc<Keyring>,
+}
+
+impl Tokens {
+    pub(crate) fn new(db: Db, keyring: Arc<Keyring>) -> Self {
+        Self { db, keyring }
+    }
+
     /// The current client of a tenant, its secret opened, with what discovery advertised.
     pub async fn token_client(&self, provet_id: i64) -> Result<Option<TokenClientRecord>> {
-        let Some(t) = tenant::Entity::find_by_id(provet_id).one(&self.db).await? else {
+        let Some(t) = tenant::Entity::find_by_id(provet_id)
+            .one(&self.db.main)
+            .await?
+        else {
             return Ok(None);
         };
         let Some(c) = client::Entity::find()
             .filter(client::Column::ProvetId.eq(provet_id))
             .filter(client::Column::IsCurrent.eq(true))
-            .one(&self.db)
+            .one(&self.db.main)
             .await?
         else {
             return Ok(None);
         };
         let secret = match &c.client_secret {
-            Some(sealed) => Some(self.keyring.open(
-                &crate::repo::client_secret_aad(c.provet_id, &c.client_id),
-                sealed,
-            )?),
+            Some(sealed) => Some(
+                self.keyring
+                    .open(&aad::client_secret(c.provet_id, &c.client_id), sealed)?,
+            ),
             None => None,
         };
         let discovered = discovery::Entity::find_by_id(provet_id)
-            .one(&self.db)
+            .one(&self.db.main)
             .await?;
         let auth_methods = discovered
             .as_ref()
@@ -120,7 +131,7 @@ impl Store {
             .filter(client::Column::CredentialsState.eq(CredentialsState::Unchecked))
             .order_by_asc(client::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.db.main)
             .await?
             .into_iter()
             .map(|c| c.provet_id)
@@ -136,7 +147,7 @@ impl Store {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let _writer = self.sqlite_write_lock().await;
+        let _writer = self.db.sqlite_write_lock().await;
         client::Entity::update_many()
             .col_expr(client::Column::CredentialsState, state.into())
             .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
@@ -146,7 +157,7 @@ impl Store {
             )
             .filter(client::Column::ProvetId.eq(provet_id))
             .filter(client::Column::ClientId.eq(client_id))
-            .exec(&self.cache_db)
+            .exec(&self.db.cache)
             .await?;
         Ok(())
     }
@@ -158,35 +169,21 @@ impl Store {
             key.scope.clone(),
             key.subject.clone(),
         ))
-        .one(&self.db)
+        .one(&self.db.main)
         .await?;
         row.map(|row| self.stored_token(key, row)).transpose()
     }
 
     fn stored_token(&self, key: &TokenKey, row: token::Model) -> Result<StoredToken> {
         Ok(StoredToken {
-            access_token: self.keyring.open(&token_aad(key), &row.access_token)?,
+            access_token: self
+                .keyring
+                .open(&aad::access_token(key), &row.access_token)?,
             token_type: row.token_type,
             expires_at: row.expires_at,
             obtained_at: row.obtained_at,
             granted_scope: row.granted_scope,
         })
-    }
-
-    pub(crate) fn token_row(&self, key: &TokenKey, token: &StoredToken) -> token::ActiveModel {
-        token::ActiveModel {
-            provet_id: Set(key.provet_id),
-            client_id: Set(key.client_id.clone()),
-            scope: Set(key.scope.clone()),
-            subject: Set(key.subject.clone()),
-            access_token: Set(self
-                .keyring
-                .seal(&token_aad(key), token.access_token.expose_secret())),
-            token_type: Set(token.token_type.clone()),
-            expires_at: Set(token.expires_at),
-            obtained_at: Set(token.obtained_at),
-            granted_scope: Set(token.granted_scope.clone()),
-        }
     }
 
     /// Stores a fetched token (and, when it changed, the client's credential state) and
@@ -198,9 +195,9 @@ impl Store {
         lease: Option<&TokenLease>,
         credentials_ok: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let row = self.token_row(key, token);
-        let _writer = self.sqlite_write_lock().await;
-        let tx = self.cache_db.begin().await?;
+        let row = token_row(&self.keyring, key, token);
+        let _writer = self.db.sqlite_write_lock().await;
+        let tx = self.db.cache.begin().await?;
         token::Entity::insert(row)
             .on_conflict(token_upsert())
             .exec_without_returning(&tx)
@@ -237,7 +234,7 @@ impl Store {
         owner: &str,
         ttl: std::time::Duration,
     ) -> Result<LeaseAttempt> {
-        if !self.is_postgres() {
+        if !self.db.is_postgres() {
             return Ok(LeaseAttempt {
                 lease: Some(TokenLease {
                     lock_key: String::new(),
@@ -250,7 +247,8 @@ impl Store {
         let lock_key = lock_key(key);
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let row = self
-            .cache_db
+            .db
+            .cache
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 r#"WITH lease AS (
@@ -316,10 +314,10 @@ impl Store {
 
     /// Gives the turn back (when the provider failed, or a stored token did after all).
     pub async fn release_token_lease(&self, lease: &TokenLease) -> Result<()> {
-        if !self.is_postgres() {
+        if !self.db.is_postgres() {
             return Ok(());
         }
-        release(&self.cache_db, lease).await
+        release(&self.db.cache, lease).await
     }
 }
 
@@ -340,6 +338,25 @@ pub(crate) async fn release<C: ConnectionTrait>(db: &C, lease: &TokenLease) -> R
     ))
     .await?;
     Ok(())
+}
+
+/// A token's row, its access token sealed.
+pub(crate) fn token_row(
+    keyring: &Keyring,
+    key: &TokenKey,
+    token: &StoredToken,
+) -> token::ActiveModel {
+    token::ActiveModel {
+        provet_id: Set(key.provet_id),
+        client_id: Set(key.client_id.clone()),
+        scope: Set(key.scope.clone()),
+        subject: Set(key.subject.clone()),
+        access_token: Set(keyring.seal(&aad::access_token(key), token.access_token.expose_secret())),
+        token_type: Set(token.token_type.clone()),
+        expires_at: Set(token.expires_at),
+        obtained_at: Set(token.obtained_at),
+        granted_scope: Set(token.granted_scope.clone()),
+    }
 }
 
 pub(crate) fn token_upsert() -> OnConflict {

@@ -81,10 +81,12 @@ async fn hookup_outcomes_follow_what_changed() {
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.client.unwrap().client_id, "b");
     assert_eq!(
-        s.tenants()
-            .client_secret(7)
+        s.tokens()
+            .token_client(7)
             .await
             .unwrap()
+            .unwrap()
+            .client_secret
             .unwrap()
             .expose_secret(),
         "secret-two"
@@ -125,12 +127,159 @@ async fn rekey_reseals_under_the_new_key() {
         }
     );
     assert_eq!(
-        s.tenants()
-            .client_secret(7)
+        s.tokens()
+            .token_client(7)
             .await
             .unwrap()
+            .unwrap()
+            .client_secret
             .unwrap()
             .expose_secret(),
         "secret-one"
     );
+}
+
+/// Statements that put a value outside its state's set: each must fail.
+const BOGUS: [&str; 10] = [
+    "UPDATE tenants SET status = 'gone'",
+    "UPDATE clients SET client_type = 'secret'",
+    "UPDATE clients SET grant_type = 'authorization-code'",
+    "UPDATE clients SET algorithm = 'none'",
+    "UPDATE clients SET credentials_state = 'maybe'",
+    "UPDATE hookup_deliveries SET outcome = 'lost'",
+    "UPDATE hookup_deliveries SET source = 'email'",
+    "INSERT INTO grants (provet_id, client_id, subject, scope, state, created_at, updated_at) \
+     VALUES (7, 'a', 'u', 's', 'paused', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO discovery (provet_id, discovery_url, state, next_due_at, attempts) \
+     VALUES (7, 'https://provetcloud.com/d', 'done', CURRENT_TIMESTAMP, 0)",
+    "INSERT INTO api_keys (name, role, key_hash, key_prefix, created_at) \
+     VALUES ('k', 'root', 'h', 'p', CURRENT_TIMESTAMP)",
+];
+
+/// The same statements with valid values: each must succeed.
+const VALID: [&str; 5] = [
+    "UPDATE clients SET algorithm = NULL",
+    "UPDATE clients SET credentials_state = 'rejected'",
+    "INSERT INTO grants (provet_id, client_id, subject, scope, state, created_at, updated_at) \
+     VALUES (7, 'a', 'u', 's', 'reauthorization_required', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO api_keys (name, role, key_hash, key_prefix, created_at) \
+     VALUES ('k', 'admin', 'h', 'p', CURRENT_TIMESTAMP)",
+    "UPDATE tenants SET status = 'removed'",
+];
+
+async fn bogus_states_are_refused(s: &Store) {
+    use sea_orm::ConnectionTrait;
+    s.tenants()
+        .apply_hookup(
+            &message("a", "secret-one", json!({"departments": [4]})),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    for sql in BOGUS {
+        assert!(s.db.main.execute_unprepared(sql).await.is_err(), "{sql}");
+    }
+    for sql in VALID {
+        s.db.main.execute_unprepared(sql).await.unwrap();
+    }
+    let t = s.tenants().tenant(7).await.unwrap().unwrap();
+    assert_eq!(t.status, broker_domain::TenantStatus::Removed);
+    assert_eq!(t.departments, [4]);
+    assert_eq!(
+        t.client.unwrap().credentials_state,
+        broker_domain::CredentialsState::Rejected
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refuses_unknown_states_and_the_rebuild_keeps_rows() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+    let options = StoreOptions {
+        url,
+        max_connections: 4,
+        cache_connections: 2,
+        connect_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_secs(5),
+        busy_timeout: Duration::from_secs(5),
+    };
+    let s = Store::connect(&options, Arc::new(Keyring::new(key(), vec![])))
+        .await
+        .unwrap();
+    // Rows stored before the CHECK migration survive its table rebuilds, with their indexes
+    // and foreign keys.
+    let before = Migrator::migrations().len() - 1;
+    Migrator::up(&s.db.main, Some(u32::try_from(before).unwrap()))
+        .await
+        .unwrap();
+    let m = message("b", "secret-two", json!({"departments": [1, 2]}));
+    s.tenants().apply_hookup(&m, Utc::now()).await.unwrap();
+    s.migrate().await.unwrap();
+    let t = s.tenants().tenant(7).await.unwrap().unwrap();
+    assert_eq!(t.departments, [1, 2]);
+    assert_eq!(t.client.unwrap().client_id, "b");
+    assert_eq!(
+        s.tenants()
+            .apply_hookup(&m, Utc::now())
+            .await
+            .unwrap()
+            .outcome,
+        HookupOutcome::Unchanged
+    );
+    // The indexes are back.
+    let indexes =
+        s.db.main
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' \
+             AND name IN ('clients_tenant_client_unique', 'hookup_deliveries_tenant')",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(indexes.try_get_by_index::<i64>(0).unwrap(), 2);
+    s.tenants().remove_tenant(7, Utc::now()).await.unwrap();
+    s.db.main
+        .execute_unprepared("DELETE FROM hookup_deliveries")
+        .await
+        .unwrap();
+    bogus_states_are_refused(&s).await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_unknown_states() {
+    use sea_orm::ConnectionTrait;
+    let server = "postgres://postgres@127.0.0.1:5432";
+    let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+        .await
+        .unwrap();
+    let name = format!(
+        "store_states_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let options = StoreOptions {
+        url: format!("{server}/{name}"),
+        max_connections: 4,
+        cache_connections: 2,
+        connect_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_secs(5),
+        busy_timeout: Duration::from_secs(5),
+    };
+    let s = Store::connect(&options, Arc::new(Keyring::new(key(), vec![])))
+        .await
+        .unwrap();
+    s.migrate().await.unwrap();
+    bogus_states_are_refused(&s).await;
+    s.close().await;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name}"))
+        .await
+        .unwrap();
 }

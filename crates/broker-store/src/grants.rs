@@ -280,18 +280,6 @@ impl Grants {
         })
     }
 
-    /// Every grant of the tenant's clients, without secrets, newest first.
-    pub async fn grants(&self, provet_id: i64) -> Result<Vec<GrantRecord>> {
-        grant::Entity::find()
-            .filter(grant::Column::ProvetId.eq(provet_id))
-            .order_by_desc(grant::Column::CreatedAt)
-            .all(&self.db.main)
-            .await?
-            .into_iter()
-            .map(|g| self.grant_record(g, false))
-            .collect()
-    }
-
     /// Marks a grant (e.g. `reauthorization_required` after `invalid_grant`, or `revoked`),
     /// wiping its refresh token and tokens when it can no longer be used.
     pub async fn set_grant_state(

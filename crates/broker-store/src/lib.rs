@@ -58,8 +58,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot prepare the database: {0}")]
     Setup(String),
-    #[error("timed out waiting for another replica's token request: {0}")]
-    LockTimeout(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

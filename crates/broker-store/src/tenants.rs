@@ -11,9 +11,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect, Set,
 };
-use secrecy::SecretString;
 
-use crate::crypto::aad;
 use crate::db::Db;
 use crate::discovery;
 use crate::entity::discovery as discovery_row;
@@ -214,25 +212,6 @@ impl Tenants {
         }
         w.tx.commit().await?;
         Ok(true)
-    }
-
-    /// The current client's secret of an active tenant, opened.
-    pub async fn client_secret(&self, provet_id: i64) -> Result<Option<SecretString>> {
-        let Some(c) = client::Entity::find()
-            .filter(client::Column::ProvetId.eq(provet_id))
-            .filter(client::Column::IsCurrent.eq(true))
-            .one(&self.db.main)
-            .await?
-        else {
-            return Ok(None);
-        };
-        match c.client_secret {
-            Some(sealed) => Ok(Some(
-                self.keyring
-                    .open(&aad::client_secret(c.provet_id, &c.client_id), &sealed)?,
-            )),
-            None => Ok(None),
-        }
     }
 }
 

@@ -8,13 +8,15 @@
 //! benchmark cannot do without: a loopback port, its own database, a master key and hookup
 //! secret given (so none is generated), and JSON logs (so the harness can read them).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
@@ -70,25 +72,67 @@ impl std::fmt::Display for Backend {
 /// `broker_bench_<random>`, dropped (`WITH (FORCE)`) when this is dropped, whatever happened.
 pub struct Database {
     pub url: String,
+    sqlite_file: Option<PathBuf>,
     postgres_name: Option<String>,
 }
 
 impl Database {
     pub async fn create(backend: Backend, dir: &Path) -> anyhow::Result<Self> {
         match backend {
-            Backend::Sqlite => Ok(Self {
-                url: format!("sqlite://{}/broker.db?mode=rwc", dir.display()),
-                postgres_name: None,
-            }),
+            Backend::Sqlite => {
+                let file = dir.join("broker.db");
+                Ok(Self {
+                    url: format!("sqlite://{}?mode=rwc", file.display()),
+                    sqlite_file: Some(file),
+                    postgres_name: None,
+                })
+            }
             Backend::Postgres => {
                 let name = format!("broker_bench_{}", random_string(10).to_lowercase());
                 psql(&format!("CREATE DATABASE {name}")).await?;
                 Ok(Self {
                     url: format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"),
+                    sqlite_file: None,
                     postgres_name: Some(name),
                 })
             }
         }
+    }
+
+    /// Runs one query with the database's own command-line client (sqlite3 or psql); the
+    /// rows as `a|b` lines.
+    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<String>> {
+        let command = match (&self.sqlite_file, &self.postgres_name) {
+            (Some(file), _) => {
+                let mut c = std::process::Command::new("sqlite3");
+                c.arg("-batch").arg(file).arg(sql).stdin(Stdio::null());
+                c
+            }
+            (None, Some(name)) => psql_command(name, sql),
+            (None, None) => bail!("the database has neither a file nor a name"),
+        };
+        let output = run_command(command, sql).await?;
+        Ok(String::from_utf8(output)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// PostgreSQL only: transactions committed in the database so far (the server's
+    /// statistics; a backend reports its own when it ends).
+    pub async fn committed_transactions(&self) -> anyhow::Result<Option<u64>> {
+        if self.postgres_name.is_none() {
+            return Ok(None);
+        }
+        let rows = self
+            .query("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| anyhow!("pg_stat_database has no row for the database"))?;
+        Ok(Some(first.parse()?))
     }
 }
 
@@ -96,8 +140,11 @@ impl Drop for Database {
     fn drop(&mut self) {
         if let Some(name) = &self.postgres_name {
             // Blocking, but brief and only once per run; it must happen even on an error path.
-            let dropped =
-                psql_command(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).output();
+            let dropped = psql_command(
+                PG_MAINTENANCE_DB,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .output();
             match dropped {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
@@ -110,40 +157,41 @@ impl Drop for Database {
     }
 }
 
-fn psql_command(sql: &str) -> std::process::Command {
+/// psql on `database` of the local server: one statement, unaligned rows without headers.
+fn psql_command(database: &str, sql: &str) -> std::process::Command {
     let mut command = std::process::Command::new("psql");
     command
         .args(["-h", PG_HOST, "-p", &PG_PORT.to_string(), "-U", PG_USER])
-        .args([
-            "-d",
-            PG_MAINTENANCE_DB,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-c",
-            sql,
-        ])
+        .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t"])
+        .args(["-c", sql])
         .stdin(Stdio::null());
     command
 }
 
 /// One statement through psql on the local server's maintenance database.
 pub async fn psql(sql: &str) -> anyhow::Result<()> {
+    run_command(psql_command(PG_MAINTENANCE_DB, sql), sql).await?;
+    Ok(())
+}
+
+/// Runs a helper command (psql, sqlite3) with a timeout; its stdout, or an error with its
+/// stderr.
+async fn run_command(command: std::process::Command, what: &str) -> anyhow::Result<Vec<u8>> {
     let output = tokio::time::timeout(
         COMMAND_TIMEOUT,
-        Command::from(psql_command(sql)).kill_on_drop(true).output(),
+        Command::from(command).kill_on_drop(true).output(),
     )
     .await
-    .with_context(|| format!("psql timed out: {sql}"))?
-    .context("cannot run psql")?;
+    .with_context(|| format!("timed out: {what}"))?
+    .with_context(|| format!("cannot run the command for `{what}`"))?;
     if !output.status.success() {
         bail!(
-            "psql `{sql}` failed ({}): {}",
+            "`{what}` failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// What the daemon and its CLI are configured with.
@@ -166,14 +214,10 @@ pub struct DaemonEnv {
 impl DaemonEnv {
     /// The daemon's default configuration on a fresh database of `backend`.
     pub async fn new(binary: &Path, backend: Backend) -> anyhow::Result<Self> {
-        let binary = std::path::absolute(binary)?;
-        if !binary.is_file() {
-            bail!(
-                "{} does not exist; build it with `cargo build --release -p provet-broker` \
-                 (or pass --binary)",
-                binary.display()
-            );
+        let binary = crate::BinaryArg {
+            binary: binary.to_path_buf(),
         }
+        .path()?;
         let dir = tempfile::Builder::new()
             .prefix("broker-bench-")
             .tempdir()
@@ -283,6 +327,8 @@ pub struct DaemonLog {
     pub samples: Vec<String>,
     /// The last lines, shown when the daemon fails to start.
     pub tail: Vec<String>,
+    /// provet_id -> timestamp of its `discovery ok` line (logged once the result is stored).
+    pub discovery_ok_at: HashMap<i64, DateTime<Utc>>,
 }
 
 impl DaemonLog {
@@ -303,6 +349,8 @@ pub struct Daemon {
     pub pid: u32,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// When the harness read the `listening` line.
+    pub listening_at: Instant,
     log: JoinHandle<DaemonLog>,
 }
 
@@ -320,8 +368,9 @@ impl Daemon {
             .ok_or_else(|| anyhow!("the daemon's stderr is not piped"))?;
         let (listening_tx, listening_rx) = oneshot::channel();
         let log = tokio::spawn(read_log(stderr, listening_tx));
-        let address = match tokio::time::timeout(START_TIMEOUT, listening_rx).await {
-            Ok(Ok(address)) => address,
+        let (address, listening_at) = match tokio::time::timeout(START_TIMEOUT, listening_rx).await
+        {
+            Ok(Ok(listening)) => listening,
             outcome => {
                 let _ = child.start_kill();
                 let status = child.wait().await;
@@ -345,8 +394,17 @@ impl Daemon {
             child,
             pid,
             base: format!("http://{address}"),
+            listening_at,
             log,
         })
+    }
+
+    /// How the daemon exited, if it already has.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(describe_exit(status)),
+            Ok(None) | Err(_) => None,
+        }
     }
 
     /// SIGTERM, then wait; killed if it does not stop in time. Answers how it exited.
@@ -389,13 +447,15 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Reads the daemon's JSON log: hands over the `listening` address, counts warnings and
-/// errors, keeps a few. Draining stderr also keeps the daemon from blocking on it.
-pub async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -> DaemonLog {
+/// Reads the daemon's JSON log: hands over the `listening` address (and when it was read),
+/// counts warnings and errors, keeps a few, and notes when each tenant's discovery result
+/// was stored. Draining stderr also keeps the daemon from blocking on it.
+async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<(String, Instant)>) -> DaemonLog {
     let mut listening = Some(listening);
     let mut log = DaemonLog::default();
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let read_at = Instant::now();
         log.lines += 1;
         if log.tail.len() == 20 {
             log.tail.remove(0);
@@ -414,10 +474,26 @@ pub async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        if field("message").as_deref() == Some("listening")
-            && let (Some(address), Some(tx)) = (field("address"), listening.take())
-        {
-            let _ = tx.send(address);
+        match field("message").as_deref() {
+            Some("listening") => {
+                if let (Some(address), Some(tx)) = (field("address"), listening.take()) {
+                    let _ = tx.send((address, read_at));
+                }
+            }
+            Some("discovery ok") => {
+                let tenant = event
+                    .get("span")
+                    .and_then(|s| s.get("provet_id"))
+                    .and_then(Value::as_i64);
+                let at = event
+                    .get("timestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+                if let (Some(tenant), Some(at)) = (tenant, at) {
+                    log.discovery_ok_at.insert(tenant, at.with_timezone(&Utc));
+                }
+            }
+            _ => {}
         }
         match event.get("level").and_then(Value::as_str) {
             Some("WARN") => log.warnings += 1,
@@ -429,7 +505,7 @@ pub async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<String>) -
     log
 }
 
-pub fn keep_sample(samples: &mut Vec<String>, line: &str) {
+fn keep_sample(samples: &mut Vec<String>, line: &str) {
     if samples.len() < 10 {
         samples.push(line.to_owned());
     }

@@ -2,19 +2,68 @@
 //! default configuration on a fresh SQLite or PostgreSQL database and reading its log
 //! (`daemon`), creating API keys with its CLI, an instant local token endpoint (`stub`),
 //! senders and time-bounded loads (`load`), wrk (`wrk`), the bare baseline server (`bare`),
-//! reading a process's memory, and a few small helpers. (`discovery-load` predates it and
-//! still carries its own daemon runner.) Only 127.0.0.1 is ever contacted.
+//! local actix-web servers for the stubs (`server`),
+//! reading a process's memory (here) and CPU time (`cpu`), the command-line pieces every
+//! benchmark takes, and a few small helpers. Only 127.0.0.1 is ever contacted.
 
 pub mod bare;
+pub mod cpu;
 pub mod daemon;
 pub mod load;
+pub mod server;
 pub mod stub;
 pub mod wrk;
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
+
+/// `--binary PATH`: the provet-broker build a benchmark starts. Derefs to the path.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BinaryArg {
+    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
+    #[arg(long = "binary", default_value = "target/release/provet-broker")]
+    pub binary: PathBuf,
+}
+
+impl BinaryArg {
+    /// The absolute path, or an error saying how to build it when it is missing.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        let binary = std::path::absolute(&self.binary)?;
+        if !binary.is_file() {
+            anyhow::bail!(
+                "{} does not exist; build it with `cargo build --release -p provet-broker` \
+                 (or pass --binary)",
+                binary.display()
+            );
+        }
+        Ok(binary)
+    }
+}
+
+impl std::ops::Deref for BinaryArg {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.binary
+    }
+}
+
+/// A benchmark's exit: success when it ran and met what it checks; the error printed as
+/// `name: cause` otherwise.
+pub fn exit_code(name: &str, outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// A random alphanumeric string.
 pub fn random_string(len: usize) -> String {

@@ -7,14 +7,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use anyhow::Context;
+use crate::random_string;
+use crate::server::{Bound, LocalServer};
+use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
-use tokio::task::JoinHandle;
-
-use crate::random_string;
 
 /// What the endpoint has seen.
 #[derive(Default)]
@@ -41,34 +39,22 @@ pub struct TokenStub {
     /// `http://127.0.0.1:PORT`; a tenant's token URL is `{base}/{provet_id}/oauth2/token/`.
     pub base: String,
     pub counts: web::Data<Counts>,
-    handle: actix_web::dev::ServerHandle,
-    task: JoinHandle<std::io::Result<()>>,
+    server: LocalServer,
 }
 
 impl TokenStub {
     /// Starts the endpoint with `workers` actix-web workers.
     pub fn start(workers: usize) -> anyhow::Result<Self> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-        let base = format!("http://{}", listener.local_addr()?);
         let counts = web::Data::new(Counts::default());
         let data = counts.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/{tenant}/oauth2/token/", web::post().to(token))
-        })
-        .workers(workers.max(1))
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
+        let server = Bound::new()?.serve("the token endpoint", workers, move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/{tenant}/oauth2/token/", web::post().to(token));
+        })?;
         Ok(Self {
-            base,
+            base: server.base.clone(),
             counts,
-            handle,
-            task: tokio::spawn(server),
+            server,
         })
     }
 
@@ -78,9 +64,7 @@ impl TokenStub {
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.handle.stop(true).await;
-        self.task.await.context("the token endpoint panicked")??;
-        Ok(())
+        self.server.stop().await
     }
 }
 

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use tokio::process::Command;
 
-/// Linux's USER_HZ: the unit of the CPU times in /proc/<pid>/stat and /proc/stat.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+use crate::cpu::{children_ticks, machine_ticks, process_ticks};
 
 /// How wrk is run.
 #[derive(Clone, Debug)]
@@ -83,7 +82,7 @@ pub async fn run(
 ) -> anyhow::Result<WrkRun> {
     let server_before = process_ticks(server_pid).unwrap_or_default();
     let children_before = children_ticks().unwrap_or_default();
-    let machine_before = machine_busy_ticks().unwrap_or_default();
+    let machine_before = machine_ticks().unwrap_or_default();
     let started = Instant::now();
     let output = tokio::time::timeout(
         Duration::from_secs(secs + 30),
@@ -106,7 +105,7 @@ pub async fn run(
     let elapsed = started.elapsed().as_secs_f64();
     let server_after = process_ticks(server_pid).unwrap_or_default();
     let children_after = children_ticks().unwrap_or_default();
-    let machine_after = machine_busy_ticks().unwrap_or_default();
+    let machine_after = machine_ticks().unwrap_or_default();
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!(
@@ -115,7 +114,7 @@ pub async fn run(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let cores = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SECOND / elapsed;
+    let cores = |ticks: u64| crate::cpu::cores(ticks, elapsed);
     parse_wrk(&text, target)
         .map(|mut run| {
             run.server_cpu = cores(server_after.saturating_sub(server_before));
@@ -182,51 +181,5 @@ fn duration_ms(text: &str) -> anyhow::Result<f64> {
         "m" => n * 60_000.0,
         "h" => n * 3_600_000.0,
         _ => bail!("unknown unit in `{text}`"),
-    })
-}
-
-/// User + system CPU time of a process so far, in clock ticks.
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields are counted after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// CPU time of this process's children that have been waited for (cutime + cstime): wrk,
-/// once its run is over (the servers are waited for only at the end).
-fn children_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let cutime: u64 = fields.get(13)?.parse().ok()?;
-    let cstime: u64 = fields.get(14)?.parse().ok()?;
-    Some(cutime + cstime)
-}
-
-/// The whole machine's CPU time so far, from /proc/stat, in ticks.
-#[derive(Clone, Copy, Default)]
-struct MachineTicks {
-    /// Everything but idle and iowait.
-    busy: u64,
-    /// irq + softirq.
-    irq: u64,
-    steal: u64,
-}
-
-fn machine_busy_ticks() -> Option<MachineTicks> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let fields: Vec<u64> = cpu
-        .split_whitespace()
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
-    let sum = |indexes: &[usize]| indexes.iter().filter_map(|&i| fields.get(i)).sum();
-    Some(MachineTicks {
-        busy: sum(&[0, 1, 2, 5, 6, 7]),
-        irq: sum(&[5, 6]),
-        steal: sum(&[7]),
     })
 }

@@ -133,8 +133,21 @@ async fn fails_with(
     assert!(!rerun.to_string().contains("secret-7"));
 }
 
-async fn mock() -> MockServer {
-    MockServer::start().await
+/// A fresh SQLite database, the daemon above on it, an admin key and a mock provider (the
+/// database first, so that a caller's bindings drop it after the daemon).
+async fn setup() -> (TestDb, Daemon, String, MockServer) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let d = daemon(&db).await;
+    let admin = d.api_key("admin", &[]);
+    (db, d, admin, MockServer::start().await)
+}
+
+/// The mock answers `route` with `answer`.
+async fn serve(server: &MockServer, route: &str, answer: ResponseTemplate) {
+    Mock::given(path(route))
+        .respond_with(answer)
+        .mount(server)
+        .await;
 }
 
 fn count(server: &MockServer) -> impl Fn() -> usize + '_ {
@@ -148,14 +161,8 @@ fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_fails_and_backs_off() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&server)
-        .await;
+    let (_db, d, admin, server) = setup().await;
+    serve(&server, WELL_KNOWN, ResponseTemplate::new(500)).await;
     fails_with(
         &d,
         &admin,
@@ -168,27 +175,25 @@ async fn a_500_fails_and_backs_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_fails() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>hello</html>"))
-        .mount(&server)
-        .await;
+    let (_db, d, admin, server) = setup().await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(200).set_body_string("<html>hello</html>"),
+    )
+    .await;
     fails_with(&d, &admin, &server.uri(), &["not JSON"], count(&server)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_document_fails() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(ResponseTemplate::new(200).set_body_string(" ".repeat(1024 * 1024 + 1)))
-        .mount(&server)
-        .await;
+    let (_db, d, admin, server) = setup().await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(200).set_body_string(" ".repeat(1024 * 1024 + 1)),
+    )
+    .await;
     fails_with(
         &d,
         &admin,
@@ -201,19 +206,16 @@ async fn an_oversized_document_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_provider_times_out() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
+    let (_db, d, admin, server) = setup().await;
     let issuer = format!("{}/7/oauth2", server.uri());
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(document(&issuer))
-                .set_delay(Duration::from_secs(5)),
-        )
-        .mount(&server)
-        .await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(200)
+            .set_body_json(document(&issuer))
+            .set_delay(Duration::from_secs(5)),
+    )
+    .await;
     fails_with(
         &d,
         &admin,
@@ -226,15 +228,14 @@ async fn a_slow_provider_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_mismatch_fails() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
+    let (_db, d, admin, server) = setup().await;
     let wrong = format!("{}/8/oauth2", server.uri());
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(ResponseTemplate::new(200).set_body_json(document(&wrong)))
-        .mount(&server)
-        .await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(200).set_body_json(document(&wrong)),
+    )
+    .await;
     fails_with(
         &d,
         &admin,
@@ -247,18 +248,14 @@ async fn an_issuer_mismatch_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_to_another_host_is_not_followed() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
+    let (_db, d, admin, server) = setup().await;
     let elsewhere = server.uri().replace("127.0.0.1", "localhost");
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(
-            ResponseTemplate::new(302)
-                .insert_header("location", format!("{elsewhere}{WELL_KNOWN}")),
-        )
-        .mount(&server)
-        .await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(302).insert_header("location", format!("{elsewhere}{WELL_KNOWN}")),
+    )
+    .await;
     fails_with(
         &d,
         &admin,
@@ -277,22 +274,21 @@ async fn a_redirect_to_another_host_is_not_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_without_usable_keys_fails() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
+    let (_db, d, admin, server) = setup().await;
     let issuer = format!("{}/7/oauth2", server.uri());
-    Mock::given(path(WELL_KNOWN))
-        .respond_with(ResponseTemplate::new(200).set_body_json(document(&issuer)))
-        .mount(&server)
-        .await;
-    Mock::given(path(JWKS))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]})),
-        )
-        .mount(&server)
-        .await;
+    serve(
+        &server,
+        WELL_KNOWN,
+        ResponseTemplate::new(200).set_body_json(document(&issuer)),
+    )
+    .await;
+    serve(
+        &server,
+        JWKS,
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]})),
+    )
+    .await;
     fails_with(
         &d,
         &admin,
@@ -325,10 +321,7 @@ async fn a_refused_connection_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_document_is_stored_and_differences_are_warned() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let admin = d.api_key("admin", &[]);
-    let server = mock().await;
+    let (_db, d, admin, server) = setup().await;
     let issuer = format!("{}/7/oauth2", server.uri());
     let mut doc = document(&issuer);
     // The provider moved its token endpoint: the hookup's stays in use, with a warning.

@@ -10,46 +10,26 @@
 //! Only 127.0.0.1 is ever contacted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
-use anyhow::{Context, anyhow, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use actix_web::{HttpResponse, web};
+use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use clap::{Parser, ValueEnum};
-use rand::Rng;
-use rand::distr::Alphanumeric;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
-use tokio::sync::{Notify, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use clap::Parser;
+use serde_json::json;
+use tokio::sync::Notify;
 
-use broker_bench::daemon::{describe_exit, keep_sample, terminate};
+use broker_bench::cpu::{self, machine_ticks, process_ticks, self_ticks};
+use broker_bench::daemon::{Backend, Daemon, DaemonEnv, Database};
+use broker_bench::load::{self, Hookup};
+use broker_bench::server::{Bound, LocalServer};
+use broker_bench::{BinaryArg, Memory, exit_code};
 
-/// The PostgreSQL server the benchmark databases are created on (trust auth, loopback only).
-const PG_HOST: &str = "127.0.0.1";
-const PG_PORT: u16 = 5432;
-const PG_USER: &str = "postgres";
-/// An existing database to connect to while creating and dropping the benchmark's own.
-const PG_MAINTENANCE_DB: &str = "test";
-
-/// How long the daemon may take to log `listening`, and to stop after SIGTERM.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a helper command (psql, sqlite3) may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the waiting phase prints progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Linux's USER_HZ: the unit of the CPU times in /proc/<pid>/stat and /proc/stat.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// A JWKS with one RSA signing key (the daemon needs at least one).
 const JWKS: &str = r#"{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":"k1","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
@@ -58,12 +38,11 @@ const JWKS: &str = r#"{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":"k1"
 #[derive(Debug, Parser)]
 #[command(name = "discovery-load", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
-    /// Which database(s) to run against.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Sqlite)]
-    backend: BackendChoice,
+    #[command(flatten)]
+    binary: BinaryArg,
+    /// Backends, in order (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
+    backend: Vec<Backend>,
     /// Tenants, each with its own discovery URL.
     #[arg(long, default_value_t = 10_000)]
     tenants: usize,
@@ -80,95 +59,21 @@ struct Args {
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
-    /// Timeout of each hookup request, in seconds.
-    #[arg(long, default_value_t = 10)]
-    request_timeout: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendChoice {
-    Sqlite,
-    Postgres,
-    Both,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        })
+/// Discovery rows per state.
+async fn discovery_states(db: &Database) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut states = BTreeMap::new();
+    for row in db
+        .query("SELECT state, COUNT(*) FROM discovery GROUP BY state")
+        .await?
+    {
+        let (state, n) = row
+            .split_once('|')
+            .with_context(|| format!("unexpected row `{row}`"))?;
+        states.insert(state.to_owned(), n.parse()?);
     }
-}
-
-/// Where the benchmark's database lives, for the daemon and for direct queries.
-enum Database {
-    Sqlite { file: PathBuf },
-    Postgres { name: String },
-}
-
-impl Database {
-    fn url(&self) -> String {
-        match self {
-            Self::Sqlite { file } => format!("sqlite://{}?mode=rwc", file.display()),
-            Self::Postgres { name } => format!("postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"),
-        }
-    }
-
-    /// Runs one query with the database's own command-line client; rows as `a|b` lines.
-    async fn query(&self, sql: &str) -> anyhow::Result<Vec<String>> {
-        let mut command = match self {
-            Self::Sqlite { file } => {
-                let mut c = Command::new("sqlite3");
-                c.arg("-batch").arg(file).arg(sql);
-                c
-            }
-            Self::Postgres { name } => psql_command(name, sql),
-        };
-        let output = run_command(&mut command, sql).await?;
-        Ok(String::from_utf8(output)?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect())
-    }
-
-    /// PostgreSQL only: transactions committed in the database so far (the server's
-    /// statistics; a backend reports its own when it ends).
-    async fn committed_transactions(&self) -> anyhow::Result<Option<u64>> {
-        if matches!(self, Self::Sqlite { .. }) {
-            return Ok(None);
-        }
-        let rows = self
-            .query("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-            .await?;
-        let first = rows
-            .first()
-            .ok_or_else(|| anyhow!("pg_stat_database has no row for the database"))?;
-        Ok(Some(first.parse()?))
-    }
-
-    /// Discovery rows per state.
-    async fn discovery_states(&self) -> anyhow::Result<BTreeMap<String, usize>> {
-        let mut states = BTreeMap::new();
-        for row in self
-            .query("SELECT state, COUNT(*) FROM discovery GROUP BY state")
-            .await?
-        {
-            let (state, n) = row
-                .split_once('|')
-                .ok_or_else(|| anyhow!("unexpected row `{row}`"))?;
-            states.insert(state.to_owned(), n.parse()?);
-        }
-        Ok(states)
-    }
+    Ok(states)
 }
 
 /// What the local discovery server answered.
@@ -268,15 +173,14 @@ async fn other(provider: web::Data<Provider>) -> HttpResponse {
 /// The local discovery server, on 127.0.0.1 and a free port.
 struct DiscoveryServer {
     provider: web::Data<Provider>,
-    handle: actix_web::dev::ServerHandle,
-    task: JoinHandle<std::io::Result<()>>,
+    server: LocalServer,
 }
 
 impl DiscoveryServer {
     fn start(latency: Duration, tenants: usize) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+        let bound = Bound::new()?;
         let provider = web::Data::new(Provider {
-            base: format!("http://{}", listener.local_addr()?),
+            base: bound.base.clone(),
             latency,
             tenants,
             served: Mutex::new(Vec::with_capacity(tenants * 2)),
@@ -285,9 +189,8 @@ impl DiscoveryServer {
             all_jwks_answered: Notify::new(),
         });
         let data = provider.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let server = bound.serve("the discovery server", 2, move |cfg| {
+            cfg.app_data(data.clone())
                 .route(
                     "/{tenant}/oauth2/.well-known/openid-configuration",
                     web::get().to(document),
@@ -296,46 +199,14 @@ impl DiscoveryServer {
                     "/{tenant}/oauth2/.well-known/jwks.json",
                     web::get().to(jwks),
                 )
-                .default_service(web::to(other))
-        })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        Ok(Self {
-            provider,
-            handle,
-            task: tokio::spawn(server),
-        })
+                .default_service(web::to(other));
+        })?;
+        Ok(Self { provider, server })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.handle.stop(true).await;
-        self.task.await.context("the discovery server panicked")??;
-        Ok(())
+        self.server.stop().await
     }
-}
-
-/// The daemon's log, as far as the benchmark cares.
-#[derive(Default)]
-struct DaemonLog {
-    lines: usize,
-    warnings: usize,
-    errors: usize,
-    samples: Vec<String>,
-    /// The last lines, shown when the daemon fails to start.
-    tail: Vec<String>,
-    /// provet_id -> timestamp of its `discovery ok` line (logged once the result is stored).
-    stored_at: HashMap<i64, DateTime<Utc>>,
-}
-
-/// CPU time used, in clock ticks.
-#[derive(Clone, Copy, Default)]
-struct CpuTicks {
-    process: u64,
-    machine_busy: u64,
 }
 
 /// One measured run (phase 2).
@@ -353,7 +224,7 @@ struct Run {
     bench_cpu: f64,
     machine_cpu: f64,
     wall: Duration,
-    log: DaemonLog,
+    log: broker_bench::daemon::DaemonLog,
     exit: String,
     /// Why the run ended early, if it did.
     gave_up: Option<String>,
@@ -362,15 +233,7 @@ struct Run {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("discovery-load: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("discovery-load", run(&Args::parse()).await)
 }
 
 /// Every chosen backend and concurrency; `Ok(false)` when a run did not finish or left a
@@ -379,19 +242,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     if args.tenants == 0 || args.senders == 0 || args.concurrency.contains(&0) {
         bail!("--tenants, --senders and --concurrency must be at least 1");
     }
-    let binary = std::path::absolute(&args.binary)?;
-    if !binary.is_file() {
-        bail!(
-            "{} does not exist; build it with `cargo build --release -p provet-broker` \
-             (or pass --binary)",
-            binary.display()
-        );
-    }
-    let backends = match args.backend {
-        BackendChoice::Sqlite => vec![Backend::Sqlite],
-        BackendChoice::Postgres => vec![Backend::Postgres],
-        BackendChoice::Both => vec![Backend::Sqlite, Backend::Postgres],
-    };
+    let binary = args.binary.path()?;
     eprintln!(
         "discovery-load: {} tenants, {} ms per upstream request, concurrency {:?}, binary {}",
         args.tenants,
@@ -402,10 +253,10 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
 
     let mut summaries = Vec::new();
     let mut all_ok = true;
-    for backend in backends {
+    for &backend in &args.backend {
         for &concurrency in &args.concurrency {
             eprintln!("[{backend} C={concurrency}] starting");
-            let run = run_backend(args, &binary, backend, concurrency)
+            let run = run_with_database(args, &binary, backend, concurrency)
                 .await
                 .with_context(|| format!("{backend} run with concurrency {concurrency} failed"))?;
             print_details(&run);
@@ -500,63 +351,25 @@ fn print_details(run: &Run) {
     eprintln!(
         "[{tag}] daemon log lines: {}; `discovery ok` lines: {}; measured phase wall time {:.2}s",
         run.log.lines,
-        run.log.stored_at.len(),
+        run.log.discovery_ok_at.len(),
         run.wall.as_secs_f64()
     );
 }
 
-/// A fresh database, both phases, and the PostgreSQL database dropped whatever happened.
-async fn run_backend(
-    args: &Args,
-    binary: &Path,
-    backend: Backend,
-    concurrency: usize,
-) -> anyhow::Result<Run> {
-    let dir = tempfile::Builder::new()
-        .prefix("discovery-load-")
-        .tempdir()
-        .context("cannot create a temporary folder")?;
-    match backend {
-        Backend::Sqlite => {
-            let db = Database::Sqlite {
-                file: dir.path().join("broker.db"),
-            };
-            run_with_database(args, binary, backend, concurrency, dir.path(), &db).await
-        }
-        Backend::Postgres => {
-            let name = format!("broker_bench_{}", random_string(10).to_lowercase());
-            psql(&format!("CREATE DATABASE {name}")).await?;
-            let db = Database::Postgres { name: name.clone() };
-            let result =
-                run_with_database(args, binary, backend, concurrency, dir.path(), &db).await;
-            let dropped = psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-            let run = result?;
-            dropped.with_context(|| format!("cannot drop database {name}"))?;
-            Ok(run)
-        }
-    }
-}
-
+/// A fresh database (a PostgreSQL one dropped whatever happened) and both phases.
 async fn run_with_database(
     args: &Args,
-    binary: &Path,
+    binary: &std::path::Path,
     backend: Backend,
     concurrency: usize,
-    dir: &Path,
-    db: &Database,
 ) -> anyhow::Result<Run> {
     let tag = format!("{backend} C={concurrency}");
     let latency = Duration::from_millis(args.latency_ms);
     let server = DiscoveryServer::start(latency, args.tenants)?;
-    let env = DaemonEnv {
-        dir: dir.to_path_buf(),
-        database_url: db.url(),
-        hookup_secret: random_string(32),
-        master_key: BASE64.encode(rand::random::<[u8; 32]>()),
-    };
     let result = async {
-        register(args, binary, &env, &server.provider.base, &tag).await?;
-        let states = db.discovery_states().await?;
+        let mut env = DaemonEnv::with_local_provider(binary, backend).await?;
+        register(args, &mut env, &server.provider.base, &tag).await?;
+        let states = discovery_states(&env.database).await?;
         if states.get("pending") != Some(&args.tenants) {
             bail!(
                 "after registration the database should hold {} pending discovery rows, not {states:?}",
@@ -568,7 +381,7 @@ async fn run_with_database(
             concurrency,
             tag: &tag,
         };
-        measure(args, binary, &env, &server.provider, db, phase).await
+        measure(args, &mut env, &server.provider, phase).await
     }
     .await;
     let stopped = server.stop().await;
@@ -580,54 +393,49 @@ async fn run_with_database(
 /// Phase 1, not measured: every tenant registered through the hookup URL, the worker off.
 async fn register(
     args: &Args,
-    binary: &Path,
-    env: &DaemonEnv,
+    env: &mut DaemonEnv,
     provider_base: &str,
     tag: &str,
 ) -> anyhow::Result<()> {
-    let vars = [("BROKER_DISCOVERY__ENABLED", "false".to_owned())];
-    let mut daemon = Daemon::start(binary, env, &vars).await?;
+    env.set("BROKER_DISCOVERY__ENABLED", "false");
+    let daemon = Daemon::start(env).await?;
     eprintln!(
         "[{tag}] phase 1 (not measured): registering {} tenants from {} senders",
         args.tenants, args.senders
     );
     let started = Instant::now();
     let url = format!("{}/hookup/{}", daemon.base, env.hookup_secret);
-    let bodies = (1..=args.tenants as i64)
-        .map(|n| hookup_body(n, provider_base))
+    let hookups = (1..=args.tenants as i64)
+        .map(|n| hookup(n, provider_base))
         .collect();
     let sent = tokio::time::timeout(
         Duration::from_secs(args.timeout_secs),
-        send_all(args, &url, bodies),
+        load::register(args.senders, &url, hookups),
     )
     .await;
     let (exit, log) = daemon.stop().await?;
-    let (accepted, problems) = match sent {
-        Ok(sent) => sent?,
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("{e:#}; daemon log: {:?}", log.samples),
         Err(_) => bail!(
             "registration gave up after {} s (--timeout-secs)",
             args.timeout_secs
         ),
-    };
-    if accepted != args.tenants {
-        bail!(
-            "only {accepted} of {} hookups were answered 200; first problems: {problems:?}; daemon log: {:?}",
-            args.tenants,
-            log.samples
-        );
     }
     eprintln!(
-        "[{tag}] phase 1: {accepted} tenants registered in {:.1}s; daemon exit {exit}",
+        "[{tag}] phase 1: {} tenants registered in {:.1}s; daemon exit {exit}",
+        args.tenants,
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
 /// A valid hookup for tenant `n` whose provider is the local discovery server.
-fn hookup_body(n: i64, base: &str) -> String {
-    json!({
+fn hookup(n: i64, base: &str) -> Hookup {
+    let client_id = format!("client-{n}");
+    let body = json!({
         "provet_id": n,
-        "client_id": format!("client-{n}"),
+        "client_id": client_id,
         "client_secret": format!("secret-{n}"),
         "algorithm": "RS256",
         "authorization_grant_type": "authorization-code",
@@ -637,69 +445,12 @@ fn hookup_body(n: i64, base: &str) -> String {
         "authorize_url": format!("{base}/{n}/oauth2/authorize/"),
         "openid_autodiscovery_url": format!("{base}/{n}/oauth2/.well-known/openid-configuration"),
     })
-    .to_string()
-}
-
-/// Sends every body from `--senders` concurrent senders; answers how many were 200 and the
-/// first few problems.
-async fn send_all(
-    args: &Args,
-    url: &str,
-    bodies: Vec<String>,
-) -> anyhow::Result<(usize, Vec<String>)> {
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicUsize::new(0));
-    let url: Arc<str> = Arc::from(url);
-    let timeout = Duration::from_secs(args.request_timeout);
-    let mut senders = JoinSet::new();
-    for _ in 0..args.senders {
-        let client = http_client(timeout)?;
-        let (bodies, next, url) = (Arc::clone(&bodies), Arc::clone(&next), Arc::clone(&url));
-        senders.spawn(async move {
-            let mut accepted = 0;
-            let mut problems = Vec::new();
-            while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let answer = async {
-                    let response = client
-                        .post(&*url)
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let status = response.status();
-                    Ok::<_, reqwest::Error>((status, response.text().await?))
-                }
-                .await;
-                match answer {
-                    Ok((status, _)) if status.is_success() => accepted += 1,
-                    Ok((status, text)) => problems.push(format!("{status}: {text}")),
-                    Err(e) => problems.push(format!("no answer: {e}")),
-                }
-                problems.truncate(5);
-            }
-            (accepted, problems)
-        });
+    .to_string();
+    Hookup {
+        provet_id: n,
+        client_id,
+        body,
     }
-    let mut accepted = 0;
-    let mut problems = Vec::new();
-    while let Some(joined) = senders.join_next().await {
-        let (n, p) = joined.context("a sender panicked")?;
-        accepted += n;
-        problems.extend(p);
-    }
-    problems.truncate(5);
-    Ok((accepted, problems))
-}
-
-fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .pool_max_idle_per_host(1)
-        .build()?)
 }
 
 /// Which measured run this is.
@@ -713,10 +464,8 @@ struct Phase<'a> {
 /// Phase 2, measured: the worker on, from `listening` to the last JWKS answer.
 async fn measure(
     args: &Args,
-    binary: &Path,
-    env: &DaemonEnv,
+    env: &mut DaemonEnv,
     provider: &Provider,
-    db: &Database,
     phase: Phase<'_>,
 ) -> anyhow::Result<Run> {
     let Phase {
@@ -724,18 +473,17 @@ async fn measure(
         concurrency,
         tag,
     } = phase;
-    let vars = [
-        ("BROKER_DISCOVERY__ENABLED", "true".to_owned()),
-        ("BROKER_DISCOVERY__CONCURRENCY", concurrency.to_string()),
-    ];
+    env.set("BROKER_DISCOVERY__ENABLED", "true");
+    env.set("BROKER_DISCOVERY__CONCURRENCY", concurrency.to_string());
     eprintln!(
         "[{tag}] phase 2 (measured): discovery of {} tenants",
         args.tenants
     );
+    let db = &env.database;
     let commits_before = db.committed_transactions().await?;
-    let machine_before = machine_busy_ticks().unwrap_or_default();
-    let bench_before = process_ticks("self").unwrap_or_default();
-    let mut daemon = Daemon::start(binary, env, &vars).await?;
+    let machine_before = machine_ticks().unwrap_or_default();
+    let bench_before = self_ticks().unwrap_or_default();
+    let mut daemon = Daemon::start(env).await?;
     let listening = daemon.listening_at;
     let deadline = listening + Duration::from_secs(args.timeout_secs);
     let mut gave_up = None;
@@ -745,7 +493,7 @@ async fn measure(
             _ = provider.all_jwks_answered.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        if let Ok(Some(status)) = daemon.child.try_wait() {
+        if let Some(status) = daemon.exited() {
             gave_up = Some(format!("the daemon exited during the run ({status})"));
             break;
         }
@@ -769,16 +517,16 @@ async fn measure(
         }
     }
     let wall = listening.elapsed();
-    let peak_rss_kib = daemon.pid.and_then(peak_rss_kib);
-    let daemon_ticks = daemon.pid.and_then(|pid| process_ticks(&pid.to_string()));
-    let bench_ticks = process_ticks("self").unwrap_or_default();
-    let machine_ticks = machine_busy_ticks().unwrap_or_default();
+    let peak_rss_kib = Memory::of(daemon.pid).ok().map(|m| m.hwm_kib);
+    let daemon_ticks = process_ticks(daemon.pid);
+    let bench_ticks = self_ticks().unwrap_or_default();
+    let machine_after = machine_ticks().unwrap_or_default();
     let (exit, log) = daemon.stop().await?;
     if let Some(why) = &gave_up {
         eprintln!("[{tag}] GIVING UP: {why}");
     }
 
-    let states = db.discovery_states().await?;
+    let states = discovery_states(db).await?;
     let served = provider.served();
     let jwks_answered = served.iter().filter(|s| s.kind == Kind::Jwks).count();
     let documents = served.len() - jwks_answered;
@@ -792,8 +540,7 @@ async fn measure(
         })
         .flatten()
         .map(|last| last.saturating_duration_since(listening));
-    let secs = wall.as_secs_f64().max(1e-9);
-    let cores = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SECOND / secs;
+    let cores = |ticks: u64| cpu::cores(ticks, wall.as_secs_f64());
     let mut run = Run {
         backend,
         concurrency,
@@ -803,13 +550,9 @@ async fn measure(
         other: provider.other.load(Ordering::SeqCst),
         states,
         peak_rss_kib,
-        daemon_cpu: cores(daemon_ticks.map_or(0, |t| t.process)),
-        bench_cpu: cores(bench_ticks.process.saturating_sub(bench_before.process)),
-        machine_cpu: cores(
-            machine_ticks
-                .machine_busy
-                .saturating_sub(machine_before.machine_busy),
-        ),
+        daemon_cpu: cores(daemon_ticks.unwrap_or(0)),
+        bench_cpu: cores(bench_ticks.saturating_sub(bench_before)),
+        machine_cpu: cores(machine_after.busy.saturating_sub(machine_before.busy)),
         wall,
         log,
         exit,
@@ -916,7 +659,7 @@ fn analyse(args: &Args, run: &Run, served: &[Served], listening: Instant) -> Vec
             continue;
         };
         between.push(ms(jwks.arrived.saturating_duration_since(doc.answered)));
-        if let Some(logged) = run.log.stored_at.get(tenant) {
+        if let Some(logged) = run.log.discovery_ok_at.get(tenant) {
             let answered: DateTime<Utc> = jwks.answered_wall.into();
             store.push((*logged - answered).as_seconds_f64() * 1000.0);
         }
@@ -1001,275 +744,4 @@ fn describe(values: &mut [f64]) -> String {
         at(1.0),
         values.len()
     )
-}
-
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// User + system CPU time of a process (`self` or a pid) so far.
-fn process_ticks(pid: &str) -> Option<CpuTicks> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields are counted after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(CpuTicks {
-        process: utime + stime,
-        machine_busy: 0,
-    })
-}
-
-/// Busy CPU time of the whole machine so far (everything but idle and iowait).
-fn machine_busy_ticks() -> Option<CpuTicks> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let fields: Vec<u64> = cpu
-        .split_whitespace()
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum();
-    Some(CpuTicks {
-        process: 0,
-        machine_busy: busy,
-    })
-}
-
-/// What the daemon is configured with: environment variables only.
-struct DaemonEnv {
-    dir: PathBuf,
-    database_url: String,
-    hookup_secret: String,
-    /// Base64 of 32 random bytes: a configured key, so the daemon does not warn about
-    /// generating one.
-    master_key: String,
-}
-
-impl DaemonEnv {
-    /// A command for the broker binary, run in the temporary folder (so no
-    /// `config/default.toml` is read) with only the benchmark's `BROKER_` variables.
-    fn command(&self, binary: &Path, vars: &[(&str, String)]) -> Command {
-        let mut command = Command::new(binary);
-        for (name, _) in std::env::vars_os() {
-            let inherited = name.to_string_lossy();
-            if inherited.starts_with("BROKER_") || inherited == "RUST_LOG" {
-                command.env_remove(&name);
-            }
-        }
-        command
-            .current_dir(&self.dir)
-            .env("BROKER_SERVER__BIND", "127.0.0.1:0")
-            .env("BROKER_DATABASE__URL", &self.database_url)
-            .env("BROKER_SECRETS__MASTER_KEY", &self.master_key)
-            .env("BROKER_HOOKUP__SECRET", &self.hookup_secret)
-            .env("BROKER_HOOKUP__ALLOWED_HOSTS", r#"["127.0.0.1"]"#)
-            .env("BROKER_HOOKUP__ALLOW_HTTP", "true")
-            .env("BROKER_LOG__FORMAT", "json")
-            .env("BROKER_LOG__LEVEL", "info")
-            .envs(vars.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
-    }
-}
-
-struct Daemon {
-    child: Child,
-    pid: Option<u32>,
-    base: String,
-    /// When the benchmark read the `listening` line.
-    listening_at: Instant,
-    log: JoinHandle<DaemonLog>,
-}
-
-impl Daemon {
-    async fn start(
-        binary: &Path,
-        env: &DaemonEnv,
-        vars: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let mut child = env
-            .command(binary, vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow!("the daemon's stderr is not piped"))?;
-        let (listening_tx, listening_rx) = oneshot::channel();
-        let log = tokio::spawn(read_log(stderr, listening_tx));
-        let (address, listening_at) = match tokio::time::timeout(START_TIMEOUT, listening_rx).await
-        {
-            Ok(Ok(listening)) => listening,
-            outcome => {
-                let _ = child.start_kill();
-                let status = child.wait().await;
-                let tail = log.await.map(|l| l.tail.join("\n")).unwrap_or_default();
-                let why = if outcome.is_err() {
-                    "did not log `listening` in time"
-                } else {
-                    "exited before listening"
-                };
-                bail!("the daemon {why} ({status:?}); its last log lines:\n{tail}");
-            }
-        };
-        if !address.starts_with("127.0.0.1:") {
-            let _ = child.start_kill();
-            bail!("the daemon listens on {address}, not on 127.0.0.1");
-        }
-        Ok(Self {
-            pid: child.id(),
-            child,
-            base: format!("http://{address}"),
-            listening_at,
-            log,
-        })
-    }
-
-    /// SIGTERM, then wait; killed if it does not stop in time.
-    async fn stop(&mut self) -> anyhow::Result<(String, DaemonLog)> {
-        let exit = match self.child.id() {
-            Some(pid) => {
-                terminate(pid).await?;
-                match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-                    Ok(status) => describe_exit(status?),
-                    Err(_) => {
-                        self.child.kill().await?;
-                        "killed: did not stop within 60 s of SIGTERM".to_owned()
-                    }
-                }
-            }
-            None => format!("exited early ({})", describe_exit(self.child.wait().await?)),
-        };
-        let log = (&mut self.log).await.context("the log reader panicked")?;
-        Ok((exit, log))
-    }
-}
-
-/// Reads the daemon's JSON log: hands over the `listening` address (and when it was read),
-/// counts warnings and errors, and notes when each tenant's discovery result was stored.
-/// Draining stderr also keeps the daemon from blocking on it.
-async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<(String, Instant)>) -> DaemonLog {
-    let mut listening = Some(listening);
-    let mut log = DaemonLog::default();
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let read_at = Instant::now();
-        log.lines += 1;
-        if log.tail.len() == 20 {
-            log.tail.remove(0);
-        }
-        log.tail.push(line.clone());
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            log.warnings += 1;
-            keep_sample(&mut log.samples, &line);
-            continue;
-        };
-        let field = |name: &str| {
-            event
-                .get("fields")
-                .and_then(|f| f.get(name))
-                .or_else(|| event.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        match field("message").as_deref() {
-            Some("listening") => {
-                if let (Some(address), Some(tx)) = (field("address"), listening.take()) {
-                    let _ = tx.send((address, read_at));
-                }
-            }
-            Some("discovery ok") => {
-                let tenant = event
-                    .get("span")
-                    .and_then(|s| s.get("provet_id"))
-                    .and_then(Value::as_i64);
-                let at = event
-                    .get("timestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-                if let (Some(tenant), Some(at)) = (tenant, at) {
-                    log.stored_at.insert(tenant, at.with_timezone(&Utc));
-                }
-            }
-            _ => {}
-        }
-        match event.get("level").and_then(Value::as_str) {
-            Some("WARN") => log.warnings += 1,
-            Some("ERROR") => log.errors += 1,
-            _ => continue,
-        }
-        keep_sample(&mut log.samples, &line);
-    }
-    log
-}
-
-fn psql_command(database: &str, sql: &str) -> Command {
-    let mut command = Command::new("psql");
-    command.args([
-        "-h",
-        PG_HOST,
-        "-p",
-        &PG_PORT.to_string(),
-        "-U",
-        PG_USER,
-        "-d",
-        database,
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-q",
-        "-A",
-        "-t",
-        "-c",
-        sql,
-    ]);
-    command
-}
-
-/// One statement through psql on the local server's maintenance database.
-async fn psql(sql: &str) -> anyhow::Result<()> {
-    run_command(&mut psql_command(PG_MAINTENANCE_DB, sql), sql).await?;
-    Ok(())
-}
-
-/// Runs a helper command with a timeout; its stdout, or an error with its stderr.
-async fn run_command(command: &mut Command, what: &str) -> anyhow::Result<Vec<u8>> {
-    let output = tokio::time::timeout(
-        COMMAND_TIMEOUT,
-        command.stdin(Stdio::null()).kill_on_drop(true).output(),
-    )
-    .await
-    .with_context(|| format!("timed out: {what}"))?
-    .with_context(|| format!("cannot run the command for `{what}`"))?;
-    if !output.status.success() {
-        bail!(
-            "`{what}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(output.stdout)
-}
-
-fn random_string(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }

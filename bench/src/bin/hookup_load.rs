@@ -10,7 +10,6 @@
 //! having seen exactly one request per client. Only 127.0.0.1 is ever contacted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use broker_bench::daemon::{Backend, Daemon, DaemonEnv};
 use broker_bench::load::{self, Hookup, LoadResult};
 use broker_bench::stub::TokenStub;
-use broker_bench::{http_client, met, wait_for};
+use broker_bench::{BinaryArg, exit_code, http_client, met, wait_for};
 use clap::Parser;
 
 /// Warm-up messages use provet_id from here (excluded from the figures); measured ones 1..=N.
@@ -32,9 +31,8 @@ const BURST_LIMIT: Duration = Duration::from_secs(120);
 #[derive(Debug, Parser)]
 #[command(name = "hookup-load", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
+    #[command(flatten)]
+    binary: BinaryArg,
     /// Backends, in order (comma-separated).
     #[arg(
         long,
@@ -88,11 +86,7 @@ async fn main() -> ExitCode {
     for line in &lines {
         println!("  {line}");
     }
-    if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    exit_code("hookup-load", Ok(all_ok))
 }
 
 /// One burst on a fresh database; the result line, and whether every check passed.

@@ -15,20 +15,20 @@
 //! is ever contacted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use anyhow::{Context, anyhow, bail};
 use broker_bench::daemon::{Daemon, DaemonEnv};
-use broker_bench::{free_port, http_client, quantile, random_string};
+use broker_bench::server::{Bound, LocalServer};
+use broker_bench::{BinaryArg, exit_code, free_port, http_client, quantile, random_string};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 const TENANT: i64 = 1;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,9 +37,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Parser)]
 #[command(name = "refresh-burst", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
+    #[command(flatten)]
+    binary: BinaryArg,
     /// Concurrent callers per round, each with its own keep-alive connection.
     #[arg(long, default_value_t = 100)]
     callers: usize,
@@ -154,15 +153,11 @@ async fn token_endpoint(
 struct ProviderServer {
     base: String,
     provider: web::Data<Provider>,
-    handle: actix_web::dev::ServerHandle,
-    task: JoinHandle<std::io::Result<()>>,
+    server: LocalServer,
 }
 
 impl ProviderServer {
     fn start(lifetime: u64, delay: Duration) -> anyhow::Result<Self> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-        let base = format!("http://{}", listener.local_addr()?);
         let provider = web::Data::new(Provider {
             lifetime,
             delay,
@@ -179,29 +174,19 @@ impl ProviderServer {
             }),
         });
         let data = provider.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/{tenant}/oauth2/token/", web::post().to(token_endpoint))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
+        let server = Bound::new()?.serve("the stub provider", 1, move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/{tenant}/oauth2/token/", web::post().to(token_endpoint));
+        })?;
         Ok(Self {
-            base,
+            base: server.base.clone(),
             provider,
-            handle,
-            task: tokio::spawn(server),
+            server,
         })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.handle.stop(true).await;
-        self.task.await.context("the stub provider panicked")??;
-        Ok(())
+        self.server.stop().await
     }
 }
 
@@ -224,15 +209,7 @@ struct Burst {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("refresh-burst: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("refresh-burst", run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {

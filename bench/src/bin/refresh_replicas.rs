@@ -14,7 +14,6 @@
 //! Only 127.0.0.1 is ever contacted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,16 +22,15 @@ use std::time::{Duration, Instant};
 use broker_bench::daemon::{Backend, Daemon, DaemonEnv};
 use broker_bench::load::{self, Hookup};
 use broker_bench::stub::TokenStub;
-use broker_bench::{http_client, met};
+use broker_bench::{BinaryArg, exit_code, http_client, met};
 use clap::Parser;
 
 /// force_refresh over three replicas sharing PostgreSQL (a benchmark, not a test).
 #[derive(Debug, Parser)]
 #[command(name = "refresh-replicas", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
+    #[command(flatten)]
+    binary: BinaryArg,
     #[arg(long, default_value_t = 3)]
     replicas: usize,
     #[arg(long, default_value_t = 1000)]
@@ -50,14 +48,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(&Args::parse()).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("refresh-replicas: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("refresh-replicas", run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {

@@ -5,7 +5,6 @@
 //! same load on the cached (not forced) path, which must cause none. Only 127.0.0.1 is ever
 //! contacted.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use broker_bench::daemon::{Backend, Daemon, DaemonEnv};
 use broker_bench::load::{self, LoadResult};
 use broker_bench::stub::TokenStub;
-use broker_bench::{median, met};
+use broker_bench::{BinaryArg, exit_code, median, met};
 use clap::Parser;
 
 /// The target for forced refreshes, on both backends.
@@ -23,9 +22,8 @@ const TARGET_PER_SEC: f64 = 2000.0;
 #[derive(Debug, Parser)]
 #[command(name = "refresh-storm", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
+    #[command(flatten)]
+    binary: BinaryArg,
     /// Backends, in order (comma-separated).
     #[arg(
         long,
@@ -60,11 +58,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    exit_code("refresh-storm", Ok(ok))
 }
 
 async fn run(args: &Args, backend: Backend) -> anyhow::Result<bool> {

@@ -14,7 +14,7 @@ use broker_bench::daemon::{Backend, Daemon, DaemonEnv};
 use broker_bench::load::{self, Hookup};
 use broker_bench::stub::TokenStub;
 use broker_bench::wrk::{self, Wrk, WrkRun};
-use broker_bench::{Memory, http_client, median, met, wait_for};
+use broker_bench::{BinaryArg, Memory, exit_code, http_client, median, met, wait_for};
 use clap::Parser;
 use serde_json::Value;
 
@@ -33,9 +33,8 @@ const P99_TARGET_MS: f64 = 3.0;
 #[derive(Debug, Parser)]
 #[command(name = "token-load", version)]
 struct Args {
-    /// The provet-broker binary; build it with `cargo build --release -p provet-broker`.
-    #[arg(long, default_value = "target/release/provet-broker")]
-    binary: PathBuf,
+    #[command(flatten)]
+    binary: BinaryArg,
     /// The baseline; built with `cargo build --release -p broker-bench`.
     #[arg(long, default_value = "target/release/bare-handler")]
     bare_binary: PathBuf,
@@ -77,14 +76,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(&Args::parse()).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("token-load: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("token-load", run(&Args::parse()).await)
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use broker_service::tenants::ServiceTenant;
 use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, TenantRecord};
 
 /// A tenant as operators see it.
@@ -329,20 +330,10 @@ pub struct ServiceTenantView {
     pub usable_grant: bool,
 }
 
-impl From<TenantRecord> for ServiceTenantView {
-    fn from(t: TenantRecord) -> Self {
-        let view = TenantView::from(t);
-        // client_credentials: a stored secret not known to be rejected; authorization_code:
-        // an active grant.
-        let usable = view.status == "active"
-            && view.credentials.state != "rejected"
-            && view.client.as_ref().is_some_and(|c| {
-                if c.grant_type == "client_credentials" {
-                    c.has_secret
-                } else {
-                    view.grants.iter().any(|g| g.state == "active")
-                }
-            });
+impl From<ServiceTenant> for ServiceTenantView {
+    fn from(t: ServiceTenant) -> Self {
+        let usable_grant = t.usable_grant;
+        let view = TenantView::from(t.tenant);
         Self {
             provet_id: view.provet_id,
             status: view.status,
@@ -350,7 +341,7 @@ impl From<TenantRecord> for ServiceTenantView {
             client_type: view.client.as_ref().map(|c| c.client_type.clone()),
             departments: view.departments,
             discovery: view.discovery.state,
-            usable_grant: usable,
+            usable_grant,
         }
     }
 }

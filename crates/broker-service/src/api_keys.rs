@@ -8,7 +8,11 @@ use rand::RngCore;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::{ApiKeyRecord, Broker, StoreError};
+use std::sync::Arc;
+
+use broker_store::Store;
+
+use crate::{ApiKeyRecord, Clock, StoreError};
 
 const KEY_PREFIX: &str = "pbk_";
 
@@ -87,29 +91,32 @@ pub enum ApiKeyError {
     Store(#[from] StoreError),
 }
 
-/// Recently checked keys, so that the token hot path does not read the database. A revoke
-/// on this replica takes effect at once; on other replicas within the cache's time to live.
-pub struct ApiKeyCache {
+/// API keys: created, listed, revoked, and checked on every request.
+pub struct ApiKeys {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// Recently checked keys, so that the token hot path does not read the database. A
+    /// revoke on this replica takes effect at once; on other replicas within `cache_ttl`.
     cache: moka::future::Cache<String, Option<Authenticated>>,
-}
-
-impl ApiKeyCache {
-    pub fn new(ttl: std::time::Duration) -> Self {
-        Self {
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
 }
 
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-impl Broker {
-    pub async fn create_api_key(
+impl ApiKeys {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, cache_ttl: std::time::Duration) -> Self {
+        Self {
+            store,
+            clock,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl)
+                .build(),
+        }
+    }
+
+    pub async fn create(
         &self,
         name: &str,
         role: ApiKeyRole,
@@ -147,7 +154,7 @@ impl Broker {
                 tenants.as_deref(),
                 &hash_key(&key),
                 &key[..12],
-                self.now(),
+                self.clock.now(),
             )
             .await?;
         tracing::info!(
@@ -162,13 +169,13 @@ impl Broker {
         })
     }
 
-    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.store.api_keys().await
     }
 
-    pub async fn revoke_api_key(&self, id: i64) -> Result<bool, StoreError> {
-        let revoked = self.store.revoke_api_key(id, self.now()).await?;
-        self.api_key_cache.cache.invalidate_all();
+    pub async fn revoke(&self, id: i64) -> Result<bool, StoreError> {
+        let revoked = self.store.revoke_api_key(id, self.clock.now()).await?;
+        self.cache.invalidate_all();
         if revoked {
             tracing::info!(key_id = id, "API key revoked");
         }
@@ -181,7 +188,7 @@ impl Broker {
             return Ok(None);
         }
         let hash = hash_key(key);
-        if let Some(known) = self.api_key_cache.cache.get(&hash).await {
+        if let Some(known) = self.cache.get(&hash).await {
             return Ok(known);
         }
         let found = self.store.api_key_by_hash(&hash).await?.map(|record| {
@@ -204,7 +211,7 @@ impl Broker {
                 },
             }
         });
-        self.api_key_cache.cache.insert(hash, found.clone()).await;
+        self.cache.insert(hash, found.clone()).await;
         Ok(found)
     }
 }

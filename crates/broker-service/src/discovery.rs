@@ -4,11 +4,12 @@
 //! backoff after a failure. Both carry jitter so that thousands of tenants registered in one
 //! burst do not stay in lockstep.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker_oauth::discovery::{self as oidc, DiscoveryError};
 use broker_oauth::{Upstream, UpstreamError};
-use broker_store::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter};
+use broker_store::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter, Store};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::Value;
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{Broker, StoreError};
+use crate::{Clock, Metrics, StoreError};
 
 /// How discovery behaves.
 #[derive(Clone, Debug)]
@@ -49,25 +50,47 @@ impl Default for DiscoverySettings {
     }
 }
 
-/// What the worker and the admin calls share.
+/// OpenID Connect discovery: the background worker, the runs an operator asks for, and the
+/// JWKS the connect flow checks ID tokens with.
 pub struct Discovery {
-    pub settings: DiscoverySettings,
-    pub upstream: Upstream,
+    settings: DiscoverySettings,
+    upstream: Upstream,
+    store: Store,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
     /// Identifies this process's leases.
-    pub owner: String,
+    owner: String,
     /// Wakes the worker when tenants become due (a hookup, an admin rerun).
-    pub wake: Notify,
+    wake: Notify,
 }
 
 impl Discovery {
-    pub fn new(settings: DiscoverySettings, upstream: Upstream) -> Self {
+    pub fn new(
+        settings: DiscoverySettings,
+        upstream: Upstream,
+        store: Store,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
         Self {
             settings,
             upstream,
+            store,
+            metrics,
+            clock,
             owner,
             wake: Notify::new(),
         }
+    }
+
+    /// Tenants became due (a new discovery URL): the worker looks now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// A lease outlives any one run (two requests, each bounded by the timeout).
@@ -112,19 +135,15 @@ pub enum RunOutcome {
     Superseded,
 }
 
-impl Broker {
-    fn discovery(&self) -> &Discovery {
-        &self.discovery
-    }
-
+impl Discovery {
     /// Runs the worker until `stop` is cancelled; in-flight runs finish first.
-    pub async fn run_discovery_worker(self, stop: CancellationToken) {
-        let concurrency = self.discovery().settings.concurrency.max(1);
+    pub async fn run_worker(self: Arc<Self>, stop: CancellationToken) {
+        let concurrency = self.settings.concurrency.max(1);
         let mut running: JoinSet<()> = JoinSet::new();
-        let mut poll = tokio::time::interval(self.discovery().settings.poll_interval);
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut gauge_refreshed = Instant::now() - Duration::from_secs(3600);
-        tracing::info!(owner = %self.discovery().owner, concurrency, "discovery worker started");
+        tracing::info!(owner = %self.owner, concurrency, "discovery worker started");
         loop {
             if gauge_refreshed.elapsed() > Duration::from_secs(10) {
                 self.refresh_discovery_gauge().await;
@@ -139,9 +158,9 @@ impl Broker {
                     Ok(jobs) => {
                         claimed = jobs.len();
                         for job in jobs {
-                            let broker = self.clone();
+                            let discovery = self.clone();
                             running.spawn(async move {
-                                broker.run_job(job).await;
+                                discovery.run_job(job).await;
                             });
                         }
                     }
@@ -154,7 +173,7 @@ impl Broker {
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.discovery().wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = poll.tick() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
@@ -165,7 +184,7 @@ impl Broker {
 
     async fn claim(&self, limit: u64, only: Option<i64>) -> Result<Vec<DiscoveryJob>, StoreError> {
         let now = self.now();
-        let d = self.discovery();
+        let d = self;
         self.store
             .claim_discovery(&d.owner, now, now + d.lease(), limit, only)
             .await
@@ -187,20 +206,28 @@ impl Broker {
     /// Makes many tenants due; the worker (or `discover_due`) picks them up.
     pub async fn schedule_discovery(&self, filter: RerunFilter) -> Result<u64, StoreError> {
         let n = self.store.schedule_discovery(filter, self.now()).await?;
-        self.discovery().wake.notify_one();
+        self.wake();
         tracing::info!(scheduled = n, ?filter, "discovery rerun scheduled");
         Ok(n)
     }
 
+    /// Tenants per discovery state.
+    pub async fn state_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.store.discovery_state_counts().await
+    }
+
     /// The `stale` filter: metadata older than the refresh interval.
     pub fn stale_filter(&self) -> RerunFilter {
-        RerunFilter::Stale(self.now() - to_chrono(self.discovery().settings.refresh_interval))
+        RerunFilter::Stale(self.now() - to_chrono(self.settings.refresh_interval))
     }
 
     /// Claims and runs due work until none is left (the CLI's loop, without the daemon).
     /// Calls `progress` after each batch.
-    pub async fn discover_due(&self, mut progress: impl FnMut(usize)) -> Result<usize, StoreError> {
-        let concurrency = self.discovery().settings.concurrency.max(1);
+    pub async fn discover_due(
+        self: &Arc<Self>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, StoreError> {
+        let concurrency = self.settings.concurrency.max(1);
         let mut done = 0;
         loop {
             let jobs = self.claim(concurrency as u64, None).await?;
@@ -209,8 +236,8 @@ impl Broker {
             }
             let mut set = JoinSet::new();
             for job in jobs {
-                let broker = self.clone();
-                set.spawn(async move { broker.run_job(job).await });
+                let discovery = self.clone();
+                set.spawn(async move { discovery.run_job(job).await });
             }
             while set.join_next().await.is_some() {
                 done += 1;
@@ -223,7 +250,7 @@ impl Broker {
         let span = tracing::info_span!("discovery", provet_id = job.provet_id);
         async {
             let started = Instant::now();
-            let d = self.discovery();
+            let d = self;
             // Two requests, each bounded by the upstream timeout; bound the pair as well.
             let result = tokio::time::timeout(
                 d.settings.timeout * 2 + Duration::from_secs(1),
@@ -259,7 +286,7 @@ impl Broker {
         found: oidc::Discovered,
         now: DateTime<Utc>,
     ) -> RunOutcome {
-        let d = self.discovery();
+        let d = self;
         let mut warnings = found.warnings;
         if let (Some(hookup), Some(discovered)) = (&job.token_url, &found.token_endpoint)
             && !same_url(hookup, discovered)
@@ -317,7 +344,7 @@ impl Broker {
         error: &str,
         now: DateTime<Utc>,
     ) -> RunOutcome {
-        let d = self.discovery();
+        let d = self;
         let backoff = |attempts| now + to_chrono(d.backoff(attempts));
         match self
             .store
@@ -352,7 +379,7 @@ impl Broker {
         let Some(jwks_uri) = record.jwks_uri else {
             return Ok(cached);
         };
-        let not_since = now - to_chrono(self.discovery().settings.jwks_min_interval);
+        let not_since = now - to_chrono(self.settings.jwks_min_interval);
         if !self
             .store
             .claim_jwks_refetch(provet_id, now, not_since)
@@ -361,7 +388,7 @@ impl Broker {
             tracing::debug!(provet_id, kid, "JWKS was fetched recently, not refetching");
             return Ok(cached);
         }
-        match oidc::fetch_jwks(&self.discovery().upstream, &jwks_uri).await {
+        match oidc::fetch_jwks(&self.upstream, &jwks_uri).await {
             Ok(jwks) => {
                 let expires = jwks.max_age.map(|age| jwks_expiry(now, age));
                 self.store

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use broker_api::UseCases;
 use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
 use broker_domain::{ApiKeyRole, ProvetId};
+use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
-use broker_service::{Broker, RerunFilter, TenantFilter};
+use broker_service::tenants::Rerun;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
@@ -123,7 +125,7 @@ impl Cli {
                 Ok(())
             }
             Command::ApiKey(cmd) => {
-                let broker = offline_broker(&settings).await?;
+                let use_cases = offline_use_cases(&settings).await?;
                 match cmd {
                     ApiKeyCommand::Create {
                         name,
@@ -138,8 +140,9 @@ impl Cli {
                         }
                         let tenants = (!tenants.is_empty())
                             .then(|| tenants.into_iter().map(ProvetId::get).collect());
-                        let created = broker
-                            .create_api_key(&name, role, tenants)
+                        let created = use_cases
+                            .api_keys
+                            .create(&name, role, tenants)
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                         eprintln!(
@@ -149,12 +152,12 @@ impl Cli {
                         println!("{}", created.key.expose_secret());
                     }
                     ApiKeyCommand::List => {
-                        for key in broker.api_keys().await? {
+                        for key in use_cases.api_keys.list().await? {
                             println!("{}", serde_json::to_string(&ApiKeyView::from(key))?);
                         }
                     }
                     ApiKeyCommand::Revoke { id } => {
-                        if !broker.revoke_api_key(id).await? {
+                        if !use_cases.api_keys.revoke(id).await? {
                             bail!("no live API key with id {id}");
                         }
                         eprintln!("revoked API key {id}");
@@ -167,9 +170,10 @@ impl Cli {
                 failed,
                 all,
             }) => {
-                let broker = offline_broker(&settings).await?;
+                let use_cases = offline_use_cases(&settings).await?;
                 if let Some(id) = provet_id {
-                    let record = broker
+                    let record = use_cases
+                        .discovery
                         .discover_now(id.get())
                         .await?
                         .with_context(|| format!("tenant {id} has no discovery URL"))?;
@@ -183,19 +187,20 @@ impl Cli {
                     }
                     return Ok(());
                 }
-                let filter = if all {
-                    RerunFilter::All
+                let which = if all {
+                    Rerun::All
                 } else if failed {
-                    RerunFilter::Failed
+                    Rerun::Failed
                 } else {
-                    broker.stale_filter()
+                    Rerun::Stale
                 };
-                let scheduled = broker.schedule_discovery(filter).await?;
+                let scheduled = use_cases.tenant_admin.schedule_discovery(which).await?;
                 eprintln!("discovery: {scheduled} tenant(s) scheduled");
-                let done = broker
+                let done = use_cases
+                    .discovery
                     .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
                     .await?;
-                let counts = broker.store.discovery_state_counts().await?;
+                let counts = use_cases.discovery.state_counts().await?;
                 let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
                 println!(
                     "discovery: ran {done} here; tenants now {}",
@@ -204,13 +209,14 @@ impl Cli {
                 Ok(())
             }
             Command::Tenants(cmd) => {
-                let broker = offline_broker(&settings).await?;
+                let use_cases = offline_use_cases(&settings).await?;
                 match cmd {
                     TenantsCommand::List { status, limit } => {
                         let mut after = None;
                         let mut left = limit;
                         while left > 0 {
-                            let page = broker
+                            let page = use_cases
+                                .tenant_admin
                                 .tenants(&TenantFilter {
                                     status: status.clone(),
                                     after,
@@ -229,10 +235,7 @@ impl Cli {
                         }
                     }
                     TenantsCommand::Show { provet_id } => {
-                        let tenant = broker
-                            .tenant(provet_id.get())
-                            .await?
-                            .with_context(|| format!("tenant {provet_id} is not registered"))?;
+                        let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;
                         println!(
                             "{}",
                             serde_json::to_string_pretty(&TenantView::from(tenant))?
@@ -246,11 +249,11 @@ impl Cli {
 }
 
 /// The use cases without the HTTP server, for commands run beside (or instead of) the daemon.
-async fn offline_broker(settings: &Settings) -> anyhow::Result<Broker> {
+async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
     let store = open_store(settings).await?;
     store.migrate().await?;
     // Commands never answer hookups: a throwaway secret keeps the URL closed.
-    crate::startup::broker(
+    crate::startup::use_cases(
         settings,
         store,
         HookupSecrets::new(HookupSecrets::generate(), &[]),

@@ -8,8 +8,9 @@ use broker_oauth::token::{self as oauth, TokenError};
 use broker_store::{StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
 use secrecy::ExposeSecret;
 
+use super::lease::Turn;
 use super::policy::RequestContext;
-use super::{BrokeredToken, Source, TokenBroker, TokenBrokerError, Turn, answer, reconnect};
+use super::{BrokeredToken, Source, TokenBroker, TokenBrokerError, answer, reconnect};
 
 enum RefreshFailure {
     /// The grant cannot be used any more: a clinic user must connect again.
@@ -85,7 +86,7 @@ impl TokenBroker {
             let started = tokio::time::Instant::now();
             let result = oauth::refresh(
                 &self.upstream,
-                &crate::authorizations::token_client(client),
+                &super::token_client(client),
                 &refresh_token,
                 &grant.scope,
             )
@@ -151,7 +152,7 @@ impl TokenBroker {
                     return Err(RefreshFailure::GrantLost(detail));
                 }
                 Err(e) => {
-                    let outcome = super::error_outcome(&e);
+                    let outcome = super::client_credentials::error_outcome(&e);
                     self.metrics
                         .upstream_token_request(outcome, started.elapsed());
                     self.metrics.refresh(outcome);

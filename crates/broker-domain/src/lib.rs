@@ -6,7 +6,7 @@ pub mod hosts;
 pub mod tenant;
 
 pub use hookup::{
-    ClientType, DepartmentChange, FieldError, GrantType, HookupMessage, ParseError,
+    ClientType, DepartmentChange, FieldError, GrantType, HookupMessage, ParseError, Rejected,
     SigningAlgorithm,
 };
 pub use hosts::{HostAllowlist, UrlPolicy};

@@ -2,6 +2,7 @@
 //! client with timeouts and no redirects, the host allowlist checked before every request,
 //! and bodies read with a size cap.
 
+pub mod authorize;
 pub mod discovery;
 pub mod id_token;
 pub mod resolver;

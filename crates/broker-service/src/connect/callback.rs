@@ -1,12 +1,10 @@
 //! The browser's return from the provider: the one-time state is taken, the code exchanged
 //! with the PKCE verifier, the ID token checked, and the grant stored.
 
-use broker_oauth::id_token::{self, Expected, IdTokenError, VerificationKey};
+use broker_oauth::id_token::{self, Expected, FoundKey, IdTokenError, KeyNeeded};
 use broker_oauth::token::{self as oauth, TokenError};
 use broker_store::{TakenAuthorization, TokenClientRecord, TokenKey};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::Algorithm;
-use secrecy::ExposeSecret;
 
 use super::{CallbackError, ConnectFlow, Connected, random_token, state_hash};
 
@@ -145,47 +143,16 @@ impl ConnectFlow {
             leeway: self.settings.leeway.as_secs(),
             now: now.timestamp(),
         };
-        let claims = match client.algorithm.as_deref() {
-            Some("HS256") => {
-                let secret = client.client_secret.as_ref().ok_or_else(|| {
-                    CallbackError::IdToken(
-                        "HS256 needs the client secret, which is not stored".into(),
-                    )
-                })?;
-                id_token::verify(
-                    token,
-                    Algorithm::HS256,
-                    VerificationKey::Secret(secret.expose_secret().as_bytes()),
-                    &expected,
-                )
-                .map_err(bad)?
-            }
-            Some("RS256") => {
-                let (_, kid) = id_token::key_id(token).map_err(bad)?;
-                let kid = kid.ok_or_else(|| {
-                    CallbackError::IdToken("the ID token names no key (kid)".into())
-                })?;
-                let jwk = self
-                    .discovery
+        let key = match id_token::key_needed(client.algorithm.as_deref(), token).map_err(bad)? {
+            KeyNeeded::ClientSecret => FoundKey::ClientSecret(client.client_secret.as_ref()),
+            KeyNeeded::Jwk(kid) => FoundKey::Jwk(
+                self.discovery
                     .jwk(client.provet_id, &kid)
                     .await?
-                    .ok_or_else(|| bad(IdTokenError::UnknownKey(kid.clone())))?;
-                let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk)
-                    .map_err(|e| CallbackError::IdToken(format!("unusable JWK: {e}")))?;
-                id_token::verify(
-                    token,
-                    Algorithm::RS256,
-                    VerificationKey::Jwk(&jwk),
-                    &expected,
-                )
-                .map_err(bad)?
-            }
-            _ => {
-                return Err(CallbackError::IdToken(
-                    "the client has no ID-token algorithm".into(),
-                ));
-            }
+                    .ok_or_else(|| bad(IdTokenError::UnknownKey(kid.clone())))?,
+            ),
         };
+        let claims = id_token::verify_with(token, key, &expected).map_err(bad)?;
         claims
             .sub
             .filter(|s| !s.is_empty() && s.len() <= 255)

@@ -13,10 +13,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 
+use broker_oauth::authorize::{AuthorizeRequest, Pkce};
 use broker_store::{NewAuthorization, Store};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use crate::discovery::Discovery;
@@ -206,36 +206,32 @@ impl ConnectFlow {
             ));
         }
         let state = random_token(32);
-        let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
-        let verifier = SecretString::from(verifier.secret().to_owned());
+        let pkce = Pkce::new_s256();
         let nonce = openid.then(|| random_token(16));
         let now = self.now();
         let expires_at = now
             + chrono::Duration::from_std(self.settings.authorization_ttl)
                 .unwrap_or(chrono::Duration::minutes(10));
-        let mut url = url::Url::parse(&client.authorize_url).map_err(|e| {
+        let url = AuthorizeRequest {
+            authorize_url: &client.authorize_url,
+            client_id: &client.client_id,
+            redirect_uri: callback,
+            scope: &scope,
+            state: &state,
+            code_challenge: &pkce.challenge,
+            nonce: nonce.as_deref(),
+        }
+        .url()
+        .map_err(|e| {
             AuthorizationError::Misconfigured(format!("the tenant's authorize_url: {e}"))
         })?;
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code")
-                .append_pair("client_id", &client.client_id)
-                .append_pair("redirect_uri", callback)
-                .append_pair("scope", &scope)
-                .append_pair("state", &state)
-                .append_pair("code_challenge", challenge.as_str())
-                .append_pair("code_challenge_method", "S256");
-            if let Some(n) = &nonce {
-                q.append_pair("nonce", n);
-            }
-        }
         self.store
             .create_authorization(
                 NewAuthorization {
                     state_hash: &state_hash(&state),
                     provet_id,
                     client_id: &client.client_id,
-                    pkce_verifier: &verifier,
+                    pkce_verifier: &pkce.verifier,
                     nonce: nonce.as_deref(),
                     scope: &scope,
                     redirect_uri: callback,

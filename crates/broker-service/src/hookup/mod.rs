@@ -9,7 +9,9 @@ mod writer;
 
 use std::sync::Arc;
 
-use broker_domain::{FieldError, GrantType, HookupMessage, ParseError, ProvetId, UrlPolicy};
+use broker_domain::{
+    FieldError, GrantType, HookupMessage, ParseError, ProvetId, Rejected, UrlPolicy,
+};
 use broker_store::Store;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,7 @@ pub enum HookupError {
     Store(#[from] StoreError),
 }
 
-/// Receives hookups: `POST /hookup/{secret}`, `POST /admin/tenants` and the CLI.
+/// Receives the hookups Provet delivers.
 pub struct HookupIntake {
     store: Store,
     policy: Arc<UrlPolicy>,
@@ -90,12 +92,12 @@ impl HookupIntake {
 
     /// Validates and stores one hookup body. `Ok` means it is durably stored.
     pub async fn receive(&self, body: &[u8]) -> Result<HookupReceipt, HookupError> {
-        let msg = match HookupMessage::parse(body, &self.policy) {
+        let msg = match HookupMessage::parse_naming_tenant(body, &self.policy) {
             Ok(msg) => msg,
-            Err(err) => {
-                self.record_rejection(body, &err).await;
+            Err(rejected) => {
+                self.record_rejection(body, &rejected).await;
                 self.metrics.hookup("rejected");
-                return Err(err.into());
+                return Err(rejected.error.into());
             }
         };
         let span = tracing::info_span!(
@@ -150,19 +152,15 @@ impl HookupIntake {
 
     /// Keeps a trace of a rejected delivery (its digest and field errors; never the body)
     /// under the tenant it names, when it names one validly.
-    async fn record_rejection(&self, body: &[u8], err: &ParseError) {
-        let errors = match err {
+    async fn record_rejection(&self, body: &[u8], rejected: &Rejected) {
+        let errors = match &rejected.error {
             ParseError::Invalid(errors) => errors.clone(),
             ParseError::InvalidJson(message) => vec![FieldError {
                 field: "$".into(),
                 message: message.clone(),
             }],
         };
-        let provet_id = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("provet_id").and_then(serde_json::Value::as_i64))
-            .and_then(|id| ProvetId::new(id).ok())
-            .map(ProvetId::get);
+        let provet_id = rejected.provet_id.map(ProvetId::get);
         let digest = hex::encode(Sha256::digest(body));
         tracing::warn!(
             provet_id,

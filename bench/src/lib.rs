@@ -4,6 +4,7 @@
 //! senders and time-bounded loads (`load`), wrk (`wrk`), the bare baseline server (`bare`),
 //! reading a process's memory, and a few small helpers. (`discovery-load` predates it and
 //! still carries its own daemon runner.) Only 127.0.0.1 is ever contacted.
+#![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
 pub mod bare;
 pub mod daemon;

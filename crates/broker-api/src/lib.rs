@@ -9,8 +9,6 @@ pub mod problem;
 pub mod routes;
 pub mod views;
 
-use std::time::Instant;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -218,7 +216,8 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let started = state.as_ref().map(|s| s.clock().instant());
     let method = MethodLabel::of(req.method().as_str());
     let route = req
         .match_pattern()
@@ -231,11 +230,10 @@ pub async fn observe(
         status = tracing::field::Empty,
         api_key = tracing::field::Empty,
     );
-    let state = req.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     span.record("status", status);
-    if let Some(state) = state {
+    if let (Some(state), Some(started)) = (state, started) {
         let metrics = state.metrics();
         metrics
             .http_duration
@@ -243,7 +241,7 @@ pub async fn observe(
                 method,
                 route: route.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(state.clock().since(started).as_secs_f64());
         metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -273,6 +271,6 @@ fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded per process and per instance: good enough for correlation ids.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u32(std::process::id());
     h.finish()
 }

@@ -142,12 +142,12 @@ impl Discovery {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut gauge_refreshed = Instant::now() - Duration::from_secs(3600);
+        let mut gauge_refreshed: Option<Instant> = None;
         tracing::info!(owner = %self.owner, concurrency, "discovery worker started");
         loop {
-            if gauge_refreshed.elapsed() > Duration::from_secs(10) {
+            if gauge_refreshed.is_none_or(|at| self.clock.since(at) > Duration::from_secs(10)) {
                 self.refresh_discovery_gauge().await;
-                gauge_refreshed = Instant::now();
+                gauge_refreshed = Some(self.clock.instant());
             }
             // Collect every finished run first, so that one claim fills all free slots.
             while running.try_join_next().is_some() {}
@@ -249,7 +249,7 @@ impl Discovery {
     async fn run_job(&self, job: DiscoveryJob) -> RunOutcome {
         let span = tracing::info_span!("discovery", provet_id = job.provet_id);
         async {
-            let started = Instant::now();
+            let started = self.clock.instant();
             let d = self;
             // Two requests, each bounded by the upstream timeout; bound the pair as well.
             let result = tokio::time::timeout(
@@ -273,7 +273,7 @@ impl Discovery {
                 RunOutcome::Failed(_) => "failed",
                 RunOutcome::Superseded => "superseded",
             };
-            self.metrics.discovery_run(label, started.elapsed());
+            self.metrics.discovery_run(label, self.clock.since(started));
             outcome
         }
         .instrument(span)
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_huge_jwks_max_age_is_bounded() {
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert_eq!(
             jwks_expiry(now, Duration::from_secs(100_000_000_000_000)),
             now + chrono::Duration::days(1)

@@ -285,7 +285,7 @@ impl Application {
                 .secret_setting_or_insert(
                     "hookup_secret",
                     HookupSecrets::generate,
-                    chrono::Utc::now(),
+                    SystemClock.now(),
                 )
                 .await
                 .context("reading the hookup secret")?;
@@ -320,6 +320,7 @@ impl Application {
             AuthFailures::new(
                 settings.server.auth_failure_limit,
                 settings.server.auth_failure_window,
+                use_cases.clock.clone(),
             ),
             settings.server.request_body_timeout,
         ));

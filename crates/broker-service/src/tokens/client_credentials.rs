@@ -68,11 +68,11 @@ impl TokenBroker {
         client: &TokenClientRecord,
         scope: &str,
     ) -> Result<oauth::IssuedToken, TokenError> {
-        let started = tokio::time::Instant::now();
+        let started = self.clock.instant();
         let result =
             oauth::client_credentials(&self.upstream, &super::token_client(client), scope).await;
         self.metrics
-            .upstream_token_request(outcome(&result), started.elapsed());
+            .upstream_token_request(outcome(&result), self.clock.since(started));
         match &result {
             Ok(_) => {
                 tracing::debug!(provet_id = client.provet_id, client_id = %client.client_id, "fetched a token from the provider")

@@ -47,7 +47,7 @@ impl TokenBroker {
                 )
                 .map(Turn::Served);
         }
-        let started = tokio::time::Instant::now();
+        let started = self.clock.instant();
         let deadline = started + self.settings.lease_wait();
         let mut pause = Duration::from_millis(5);
         loop {
@@ -68,13 +68,13 @@ impl TokenBroker {
                 return Ok(Turn::Served(answer(key, token, Source::Database)));
             }
             if let Some(lease) = attempt.lease {
-                self.metrics.token_lock_wait(started.elapsed());
+                self.metrics.token_lock_wait(self.clock.since(started));
                 return Ok(Turn::Ours {
                     lease,
                     stored: attempt.stored,
                 });
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            if self.clock.instant() + pause > deadline {
                 return Err(TokenBrokerError::Unavailable {
                     reason: "another replica is still asking the provider".into(),
                     retry_after: Duration::from_secs(1),

@@ -83,7 +83,7 @@ impl TokenBroker {
                     "the provider gave no refresh token".into(),
                 ));
             };
-            let started = tokio::time::Instant::now();
+            let started = self.clock.instant();
             let result = oauth::refresh(
                 &self.upstream,
                 &super::token_client(client),
@@ -94,7 +94,8 @@ impl TokenBroker {
             let now = self.now();
             match result {
                 Ok(issued) => {
-                    self.metrics.upstream_token_request("ok", started.elapsed());
+                    self.metrics
+                        .upstream_token_request("ok", self.clock.since(started));
                     self.metrics.refresh(if retried { "retried" } else { "ok" });
                     let token = self.stored_token(&issued, now);
                     let saved = self
@@ -119,7 +120,7 @@ impl TokenBroker {
                 }
                 Err(e) if e.is_invalid_grant() => {
                     self.metrics
-                        .upstream_token_request("rejected", started.elapsed());
+                        .upstream_token_request("rejected", self.clock.since(started));
                     let current = self
                         .store
                         .grant(key.provet_id, &key.client_id, Some(&key.subject))
@@ -154,7 +155,7 @@ impl TokenBroker {
                 Err(e) => {
                     let outcome = super::client_credentials::error_outcome(&e);
                     self.metrics
-                        .upstream_token_request(outcome, started.elapsed());
+                        .upstream_token_request(outcome, self.clock.since(started));
                     self.metrics.refresh(outcome);
                     return Err(RefreshFailure::Token(e));
                 }

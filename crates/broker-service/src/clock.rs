@@ -34,3 +34,28 @@ impl Clock for SystemClock {
         Instant::now()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock that stands still.
+    struct Frozen(Instant);
+
+    impl Clock for Frozen {
+        fn now(&self) -> DateTime<Utc> {
+            DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+        }
+        fn instant(&self) -> Instant {
+            self.0
+        }
+    }
+
+    #[test]
+    fn since_is_never_negative() {
+        let t = SystemClock.instant();
+        let clock = Frozen(t);
+        assert_eq!(clock.since(t), Duration::ZERO);
+        assert_eq!(clock.since(t + Duration::from_secs(5)), Duration::ZERO);
+    }
+}

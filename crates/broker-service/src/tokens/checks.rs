@@ -134,7 +134,7 @@ impl TokenBroker {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let before = self.now() - super::policy::to_chrono(keep.after);
+            let before = super::policy::keepalive_cutoff(self.now(), keep.after);
             match self.keep_grants_alive(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(refreshed = n, "keep-alive refreshed idle grants"),

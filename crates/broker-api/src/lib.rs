@@ -1,5 +1,12 @@
 //! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
 //! errors, request metrics and the OpenAPI document.
+//!
+//! `lib.rs` the route table (`configure`), `AppState` with one accessor per use case, and the
+//! request-metrics middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
+//! `service.rs` tenants and tokens for services, `oauth.rs` the connect flow, `admin.rs`
+//! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
+//! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
+//! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
 
 pub mod auth;
 pub mod body;

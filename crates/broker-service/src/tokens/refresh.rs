@@ -5,7 +5,8 @@
 //! compare-and-set on the refresh token that was used, before anyone gets the token.
 
 use broker_oauth::token::{self as oauth, TokenError};
-use broker_store::{StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use broker_store::{GrantRecord, StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use super::lease::Turn;
@@ -97,26 +98,7 @@ impl TokenBroker {
                     self.metrics
                         .upstream_token_request("ok", self.clock.since(started));
                     self.metrics.refresh(if retried { "retried" } else { "ok" });
-                    let token = self.stored_token(&issued, now);
-                    let saved = self
-                        .store
-                        .save_refreshed_grant(
-                            &grant,
-                            issued.refresh_token.as_ref(),
-                            key,
-                            &token,
-                            Some(lease),
-                            now,
-                        )
-                        .await?;
-                    if saved {
-                        tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
-                    } else {
-                        // Someone rotated the grant while our lease ran out; theirs is the
-                        // one stored. Our access token is still good to hand out.
-                        tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "the grant was rotated elsewhere during this refresh; kept the other rotation");
-                    }
-                    return Ok(token);
+                    return self.save_refresh(&grant, &issued, key, lease, now).await;
                 }
                 Err(e) if e.is_invalid_grant() => {
                     self.metrics
@@ -138,19 +120,7 @@ impl TokenBroker {
                         continue;
                     }
                     self.metrics.refresh("invalid_grant");
-                    let detail = format!("the provider answered {e}");
-                    self.store
-                        .set_grant_state(
-                            key.provet_id,
-                            &key.client_id,
-                            &key.subject,
-                            "reauthorization_required",
-                            Some(&detail),
-                            now,
-                        )
-                        .await?;
-                    tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
-                    return Err(RefreshFailure::GrantLost(detail));
+                    return Err(self.grant_lost(key, &e, now).await?);
                 }
                 Err(e) => {
                     let outcome = super::client_credentials::error_outcome(&e);
@@ -161,5 +131,59 @@ impl TokenBroker {
                 }
             }
         }
+    }
+
+    /// Commits the rotated refresh token and the new access token (a compare-and-set on the
+    /// refresh token used).
+    async fn save_refresh(
+        &self,
+        grant: &GrantRecord,
+        issued: &oauth::IssuedToken,
+        key: &TokenKey,
+        lease: &TokenLease,
+        now: DateTime<Utc>,
+    ) -> Result<StoredToken, RefreshFailure> {
+        let token = self.stored_token(issued, now);
+        let saved = self
+            .store
+            .save_refreshed_grant(
+                grant,
+                issued.refresh_token.as_ref(),
+                key,
+                &token,
+                Some(lease),
+                now,
+            )
+            .await?;
+        if saved {
+            tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
+        } else {
+            // Someone rotated the grant while our lease ran out; theirs is the one stored.
+            // Our access token is still good to hand out.
+            tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "the grant was rotated elsewhere during this refresh; kept the other rotation");
+        }
+        Ok(token)
+    }
+
+    /// The provider refused the grant for good: a clinic user must connect again.
+    async fn grant_lost(
+        &self,
+        key: &TokenKey,
+        error: &TokenError,
+        now: DateTime<Utc>,
+    ) -> Result<RefreshFailure, StoreError> {
+        let detail = format!("the provider answered {error}");
+        self.store
+            .set_grant_state(
+                key.provet_id,
+                &key.client_id,
+                &key.subject,
+                "reauthorization_required",
+                Some(&detail),
+                now,
+            )
+            .await?;
+        tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
+        Ok(RefreshFailure::GrantLost(detail))
     }
 }

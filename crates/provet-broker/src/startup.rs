@@ -258,6 +258,39 @@ pub fn use_cases(
     })
 }
 
+/// The hookup URL's secrets: configured (at least 16 characters each), or generated once
+/// and kept in the database.
+async fn hookup_secrets(settings: &Settings, store: &Store) -> anyhow::Result<HookupSecrets> {
+    let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
+        let (secret, generated) = store
+            .secret_setting_or_insert("hookup_secret", HookupSecrets::generate, SystemClock.now())
+            .await
+            .context("reading the hookup secret")?;
+        if generated {
+            tracing::info!("generated a hookup secret and stored it in the database");
+        }
+        secret
+    } else {
+        if settings.hookup.secret.expose_secret().len() < 16 {
+            bail!(
+                "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
+            );
+        }
+        settings.hookup.secret.clone()
+    };
+    for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
+        if extra.expose_secret().len() < 16 {
+            bail!(
+                "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
+            );
+        }
+    }
+    Ok(HookupSecrets::new(
+        hookup_secret,
+        &settings.hookup.extra_secrets,
+    ))
+}
+
 /// The running daemon: HTTP server bound, workers ready.
 pub struct Application {
     port: u16,
@@ -280,35 +313,7 @@ impl Application {
             "database ready"
         );
 
-        let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
-            let (secret, generated) = store
-                .secret_setting_or_insert(
-                    "hookup_secret",
-                    HookupSecrets::generate,
-                    SystemClock.now(),
-                )
-                .await
-                .context("reading the hookup secret")?;
-            if generated {
-                tracing::info!("generated a hookup secret and stored it in the database");
-            }
-            secret
-        } else {
-            if settings.hookup.secret.expose_secret().len() < 16 {
-                bail!(
-                    "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
-                );
-            }
-            settings.hookup.secret.clone()
-        };
-        for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
-            if extra.expose_secret().len() < 16 {
-                bail!(
-                    "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
-                );
-            }
-        }
-        let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
+        let hookup_secrets = hookup_secrets(&settings, &store).await?;
 
         let use_cases = use_cases(&settings, store.clone(), hookup_secrets)?;
 

@@ -1,6 +1,7 @@
 //! Black-box tests: the built `provet-broker` binary, started on port 0 against a fresh
 //! SQLite file or PostgreSQL database, driven over HTTP and its command line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods)] // black-box tests measure real time against the real daemon
 
 mod helpers;
 

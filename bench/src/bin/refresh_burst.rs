@@ -13,6 +13,7 @@
 //! caused exactly one refresh and that every caller got its token. Right after each burst, a
 //! control burst of the same callers is served from memory, for comparison. Only 127.0.0.1
 //! is ever contacted.
+#![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
 use std::collections::HashMap;
 use std::process::ExitCode;

@@ -12,6 +12,7 @@
 //!    upstream requests per tenant per round is printed (1 = fully coalesced).
 //!
 //! Only 127.0.0.1 is ever contacted.
+#![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

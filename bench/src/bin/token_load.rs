@@ -2,6 +2,7 @@
 //! (`info` logs, metrics, API key on) under wrk, against `bare-handler` writing a body of the
 //! same size, in the same run, alternating; then the daemon's memory with 10,000 tenants'
 //! tokens cached. Only 127.0.0.1 is ever contacted.
+#![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -60,17 +60,17 @@ impl FromRequest for Caller {
             // that guessing costs time while services behind the same address keep working.
             let failed = |reason| {
                 if let Some(ip) = peer {
-                    if let Some(wait) = state.auth_failures.blocked(ip) {
+                    if let Some(wait) = state.auth_failures().blocked(ip) {
                         return Err(ApiError::TooManyRequests(wait));
                     }
-                    state.auth_failures.failed(ip);
+                    state.auth_failures().failed(ip);
                 }
                 Err(ApiError::Unauthorized(reason))
             };
             let Some(key) = key else {
                 return failed("send an API key as `Authorization: Bearer <key>`");
             };
-            match state.broker.authenticate(&key).await? {
+            match state.api_keys().authenticate(&key).await? {
                 Some(Authenticated::Valid(principal)) => {
                     tracing::Span::current().record("api_key", principal.name.as_str());
                     Ok(Caller(principal))

@@ -38,7 +38,7 @@ pub async fn bound_request_body(
 ) -> Result<ServiceResponse<HeldPayload>, Error> {
     let timeout = req
         .app_data::<web::Data<AppState>>()
-        .map_or(Duration::from_secs(10), |s| s.body_timeout);
+        .map_or(Duration::from_secs(10), |s| s.body_timeout());
     let held = match req.take_payload() {
         Payload::None => None,
         payload => {

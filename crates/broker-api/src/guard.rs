@@ -2,14 +2,17 @@
 //! costs time. Counted per peer address in fixed windows, in memory (per replica).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use broker_service::Clock;
 use dashmap::DashMap;
 
 pub struct AuthFailures {
     limit: u32,
     window: Duration,
     seen: DashMap<IpAddr, Window>,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Clone, Copy)]
@@ -19,30 +22,31 @@ struct Window {
 }
 
 impl AuthFailures {
-    pub fn new(limit: u32, window: Duration) -> Self {
+    pub fn new(limit: u32, window: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             limit,
             window,
             seen: DashMap::new(),
+            clock,
         }
     }
 
     /// How long `ip` must wait, if it has failed too often.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let w = *self.seen.get(&ip)?;
-        let elapsed = w.started.elapsed();
+        let elapsed = self.clock.since(w.started);
         (w.failures >= self.limit && elapsed < self.window).then(|| self.window - elapsed)
     }
 
     pub fn failed(&self, ip: IpAddr) {
         {
             let mut w = self.seen.entry(ip).or_insert(Window {
-                started: Instant::now(),
+                started: self.clock.instant(),
                 failures: 0,
             });
-            if w.started.elapsed() >= self.window {
+            if self.clock.since(w.started) >= self.window {
                 *w = Window {
-                    started: Instant::now(),
+                    started: self.clock.instant(),
                     failures: 0,
                 };
             }
@@ -52,7 +56,9 @@ impl AuthFailures {
         // `len` locks every shard.)
         if self.seen.len() > 100_000 {
             let window = self.window;
-            self.seen.retain(|_, w| w.started.elapsed() < window);
+            let now = self.clock.instant();
+            self.seen
+                .retain(|_, w| now.saturating_duration_since(w.started) < window);
         }
     }
 }
@@ -63,7 +69,11 @@ mod tests {
 
     #[test]
     fn blocks_after_the_limit_within_the_window() {
-        let f = AuthFailures::new(3, Duration::from_secs(60));
+        let f = AuthFailures::new(
+            3,
+            Duration::from_secs(60),
+            Arc::new(broker_service::SystemClock),
+        );
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..2 {
             f.failed(ip);

@@ -1,5 +1,12 @@
 //! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
 //! errors, request metrics and the OpenAPI document.
+//!
+//! `lib.rs` the route table (`configure`), `AppState` with one accessor per use case, and the
+//! request-metrics middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
+//! `service.rs` tenants and tokens for services, `oauth.rs` the connect flow, `admin.rs`
+//! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
+//! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
+//! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
 
 pub mod auth;
 pub mod body;
@@ -9,24 +16,102 @@ pub mod problem;
 pub mod routes;
 pub mod views;
 
-use std::time::Instant;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpResponse, web};
-use broker_service::Broker;
+use std::sync::Arc;
+
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
+use broker_service::{
+    ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, TenantAdmin,
+    TokenBroker,
+};
 use tracing::Instrument;
 
 use crate::problem::ApiError;
 
-/// What every handler gets: built once, shared by all workers.
+/// The use cases the routes call, each built once by the binary's start-up.
+#[derive(Clone)]
+pub struct UseCases {
+    pub hookups: Arc<HookupIntake>,
+    pub tokens: Arc<TokenBroker>,
+    pub connect: Arc<ConnectFlow>,
+    pub discovery: Arc<Discovery>,
+    pub tenant_admin: Arc<TenantAdmin>,
+    pub api_keys: Arc<ApiKeys>,
+    pub operations: Arc<Operations>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What every handler gets: built once, shared by all workers. A handler asks for the one
+/// use case it serves (`state.tokens()`, `state.tenant_admin()`, ...).
 pub struct AppState {
-    pub broker: Broker,
-    pub auth_failures: guard::AuthFailures,
+    use_cases: UseCases,
+    auth_failures: guard::AuthFailures,
     /// How long a request body may take to arrive.
-    pub body_timeout: std::time::Duration,
+    body_timeout: std::time::Duration,
+}
+
+impl AppState {
+    pub fn new(
+        use_cases: UseCases,
+        auth_failures: guard::AuthFailures,
+        body_timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            use_cases,
+            auth_failures,
+            body_timeout,
+        }
+    }
+
+    /// `POST /hookup/{secret}`.
+    pub fn hookups(&self) -> &HookupIntake {
+        &self.use_cases.hookups
+    }
+
+    /// `POST /v1/tenants/{id}/token`.
+    pub fn tokens(&self) -> &TokenBroker {
+        &self.use_cases.tokens
+    }
+
+    /// `POST /v1/tenants/{id}/authorizations`, `GET /oauth/callback`, grant revocation.
+    pub fn connect(&self) -> &ConnectFlow {
+        &self.use_cases.connect
+    }
+
+    /// `/admin/tenants/...`, `GET /v1/tenants/{id}`.
+    pub fn tenant_admin(&self) -> &TenantAdmin {
+        &self.use_cases.tenant_admin
+    }
+
+    /// `/admin/api-keys` and every bearer key.
+    pub fn api_keys(&self) -> &ApiKeys {
+        &self.use_cases.api_keys
+    }
+
+    /// `/readyz`, `/metrics`.
+    pub fn operations(&self) -> &Operations {
+        &self.use_cases.operations
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.use_cases.metrics
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.use_cases.clock.as_ref()
+    }
+
+    pub fn auth_failures(&self) -> &guard::AuthFailures {
+        &self.auth_failures
+    }
+
+    pub fn body_timeout(&self) -> std::time::Duration {
+        self.body_timeout
+    }
 }
 
 /// Registers every route. The app must also wrap `observe` and use `not_found` as its
@@ -138,7 +223,8 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let started = state.as_ref().map(|s| s.clock().instant());
     let method = MethodLabel::of(req.method().as_str());
     let route = req
         .match_pattern()
@@ -151,19 +237,18 @@ pub async fn observe(
         status = tracing::field::Empty,
         api_key = tracing::field::Empty,
     );
-    let state = req.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     span.record("status", status);
-    if let Some(state) = state {
-        let metrics = &state.broker.metrics;
+    if let (Some(state), Some(started)) = (state, started) {
+        let metrics = state.metrics();
         metrics
             .http_duration
             .get_or_create(&RouteLabels {
                 method,
                 route: route.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(state.clock().since(started).as_secs_f64());
         metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -193,6 +278,6 @@ fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded per process and per instance: good enough for correlation ids.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u32(std::process::id());
     h.finish()
 }

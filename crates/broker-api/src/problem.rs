@@ -1,5 +1,7 @@
 //! The one place where errors become HTTP: RFC 9457 problem+json with a stable `code`.
-//! Internal causes are logged with their chain; the client sees an opaque message.
+//! Every use case's error is mapped here (the `From` impls at the end), and each variant's
+//! code, status and text are decided here. Internal causes are logged with their chain; the
+//! client sees an opaque message.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -56,6 +58,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the database is unavailable")]
     Unavailable(String),
+    /// This replica cannot serve (a key that sealed stored secrets is missing).
+    #[error("{0}")]
+    NotReady(String),
     #[error("the request body did not arrive in time")]
     RequestTimeout,
     #[error("too many failed API-key attempts from this address; wait and retry")]
@@ -84,6 +89,17 @@ impl ApiError {
         Self::Internal(err.to_string())
     }
 
+    /// A `400` naming the one offending field.
+    pub fn invalid_field(field: &str, message: String) -> Self {
+        Self::Invalid {
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                message,
+            }],
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
@@ -98,7 +114,7 @@ impl ApiError {
             Self::RequestTimeout => "request_timeout",
             Self::Internal(_) => "internal",
             Self::ReauthorizationRequired(_) => "reauthorization_required",
-            Self::Misconfigured(_) => "misconfigured",
+            Self::Misconfigured(_) | Self::NotReady(_) => "misconfigured",
             Self::UpstreamRejected { .. } => "upstream_rejected",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
         }
@@ -126,7 +142,7 @@ impl ResponseError for ApiError {
             Self::Invalid { .. } | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) | Self::UpstreamUnavailable { .. } => {
+            Self::Unavailable(_) | Self::UpstreamUnavailable { .. } | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -218,6 +234,70 @@ impl From<broker_service::StoreError> for ApiError {
         match err {
             broker_service::StoreError::Db(e) => Self::Unavailable(e.to_string()),
             other => Self::internal(other),
+        }
+    }
+}
+
+impl From<broker_service::tenants::TenantAdminError> for ApiError {
+    fn from(err: broker_service::tenants::TenantAdminError) -> Self {
+        use broker_service::tenants::TenantAdminError as E;
+        match err {
+            E::TenantNotFound(id) => Self::TenantNotFound(id),
+            E::Token(e) => e.into(),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<broker_service::api_keys::ApiKeyError> for ApiError {
+    fn from(err: broker_service::api_keys::ApiKeyError) -> Self {
+        use broker_service::api_keys::ApiKeyError as E;
+        match err {
+            E::Invalid { field, message } => Self::invalid_field(field, message),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<broker_service::connect::AuthorizationError> for ApiError {
+    fn from(err: broker_service::connect::AuthorizationError) -> Self {
+        use broker_service::connect::AuthorizationError as E;
+        match err {
+            E::InvalidRequest(m) => Self::InvalidRequest(m),
+            E::ReturnTo(e) => Self::Invalid {
+                detail: format!("return_to {e}"),
+                errors: vec![FieldError {
+                    field: "return_to".into(),
+                    message: e.to_string(),
+                }],
+            },
+            E::TenantNotFound(id) => Self::TenantNotFound(id),
+            E::Misconfigured(m) => Self::Misconfigured(m),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<broker_service::hookup::HookupError> for ApiError {
+    fn from(err: broker_service::hookup::HookupError) -> Self {
+        use broker_domain::ParseError;
+        use broker_service::hookup::HookupError as E;
+        match err {
+            E::Invalid(ParseError::InvalidJson(message)) => Self::Invalid {
+                detail: "the body is not valid JSON".into(),
+                errors: vec![FieldError {
+                    field: "$".into(),
+                    message,
+                }],
+            },
+            E::Invalid(ParseError::Invalid(errors)) => Self::Invalid {
+                detail: format!(
+                    "the message does not follow the hookup schema: {} problem(s), each named in `errors`",
+                    errors.len()
+                ),
+                errors,
+            },
+            E::Store(e) => e.into(),
         }
     }
 }

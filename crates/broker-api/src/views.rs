@@ -4,15 +4,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use broker_domain::{CredentialsState, DiscoveryState};
+use broker_domain::{
+    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DiscoveryState, GrantState,
+    GrantType, HookupOutcome, SigningAlgorithm, TenantStatus,
+};
+use broker_service::tenants::ServiceTenant;
 use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, TenantRecord};
 
 /// A tenant as operators see it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantView {
     pub provet_id: i64,
-    /// `active` or `removed`.
-    pub status: String,
+    pub status: TenantStatus,
     pub departments: Vec<i64>,
     pub client: Option<ClientView>,
     pub credentials: CredentialsView,
@@ -26,9 +29,9 @@ pub struct TenantView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientView {
     pub client_id: String,
-    pub client_type: String,
-    pub grant_type: String,
-    pub algorithm: Option<String>,
+    pub client_type: ClientType,
+    pub grant_type: GrantType,
+    pub algorithm: Option<SigningAlgorithm>,
     pub token_url: String,
     pub authorize_url: String,
     pub openid_autodiscovery_url: Option<String>,
@@ -39,16 +42,14 @@ pub struct ClientView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialsView {
-    /// `unchecked`, `ok` or `rejected`.
-    pub state: String,
+    pub state: CredentialsState,
     pub checked_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DiscoveryView {
-    /// `pending`, `ok`, `failed` or `not_applicable`.
-    pub state: String,
+    pub state: DiscoveryState,
     pub issuer: Option<String>,
     pub fetched_at: Option<DateTime<Utc>>,
     /// When the worker will fetch again (a refresh, or a retry after a failure).
@@ -71,7 +72,7 @@ impl DiscoveryView {
     pub fn from_record(record: Option<DiscoveryRecord>) -> Self {
         match record {
             None => Self {
-                state: DiscoveryState::NotApplicable.to_string(),
+                state: DiscoveryState::NotApplicable,
                 issuer: None,
                 fetched_at: None,
                 next_refresh_at: None,
@@ -86,7 +87,7 @@ impl DiscoveryView {
                 warnings: Vec::new(),
             },
             Some(d) => Self {
-                state: d.state.to_string(),
+                state: d.state,
                 issuer: d.issuer,
                 fetched_at: d.fetched_at,
                 next_refresh_at: Some(d.next_due_at),
@@ -120,8 +121,7 @@ pub struct RerunScheduled {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GrantView {
     pub subject: String,
-    /// `active`, `reauthorization_required` or `revoked`.
-    pub state: String,
+    pub state: GrantState,
     pub client_id: String,
     pub scope: String,
     pub created_at: DateTime<Utc>,
@@ -135,8 +135,7 @@ impl From<TenantRecord> for TenantView {
             state: t
                 .client
                 .as_ref()
-                .map_or(CredentialsState::Unchecked, |c| c.credentials_state)
-                .to_string(),
+                .map_or(CredentialsState::Unchecked, |c| c.credentials_state),
             checked_at: t.client.as_ref().and_then(|c| c.credentials_checked_at),
             last_error: t
                 .client
@@ -146,7 +145,7 @@ impl From<TenantRecord> for TenantView {
         let discovery = DiscoveryView::from_record(t.discovery);
         Self {
             provet_id: t.provet_id,
-            status: t.status.to_string(),
+            status: t.status,
             departments: t.departments,
             client: t.client.map(ClientView::from),
             credentials,
@@ -156,7 +155,7 @@ impl From<TenantRecord> for TenantView {
                 .into_iter()
                 .map(|g| GrantView {
                     subject: g.subject,
-                    state: g.state.to_string(),
+                    state: g.state,
                     client_id: g.client_id,
                     scope: g.scope,
                     created_at: g.created_at,
@@ -175,9 +174,9 @@ impl From<ClientRecord> for ClientView {
     fn from(c: ClientRecord) -> Self {
         Self {
             client_id: c.client_id,
-            client_type: c.client_type.to_string(),
-            grant_type: c.grant_type.to_string(),
-            algorithm: c.algorithm.map(|a| a.to_string()),
+            client_type: c.client_type,
+            grant_type: c.grant_type,
+            algorithm: c.algorithm,
             token_url: c.token_url,
             authorize_url: c.authorize_url,
             openid_autodiscovery_url: c.openid_autodiscovery_url,
@@ -204,8 +203,7 @@ pub struct EventView {
     pub received_at: DateTime<Utc>,
     /// SHA-256 of the body as received.
     pub digest: String,
-    /// `registered`, `updated`, `unchanged` or `rejected`.
-    pub outcome: String,
+    pub outcome: DeliveryOutcome,
     /// The message with its secret replaced by `[redacted]`.
     #[schema(value_type = Option<Object>)]
     pub payload: Option<serde_json::Value>,
@@ -221,7 +219,7 @@ impl From<DeliveryRecord> for EventView {
             client_id: d.client_id,
             received_at: d.received_at,
             digest: d.digest,
-            outcome: d.outcome.to_string(),
+            outcome: d.outcome,
             payload: d.payload,
             errors: d.errors,
         }
@@ -240,16 +238,14 @@ pub struct EventPage {
 pub struct HookupReceiptView {
     pub provet_id: i64,
     pub client_id: String,
-    /// `registered`, `updated` or `unchanged`.
-    pub status: String,
+    pub status: HookupOutcome,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiKeyView {
     pub id: i64,
     pub name: String,
-    /// `token` or `admin`.
-    pub role: String,
+    pub role: ApiKeyRole,
     /// Tenants the key may serve; null for all.
     pub tenants: Option<Vec<i64>>,
     /// The key's first characters, to recognise it.
@@ -273,7 +269,7 @@ pub enum ApiKeyState {
 
 impl From<ApiKeyRecord> for ApiKeyView {
     fn from(k: ApiKeyRecord) -> Self {
-        let defect = broker_service::api_keys::key_defect(k.role.as_str(), k.tenants.as_deref());
+        let defect = broker_service::api_keys::key_defect(k.role, k.tenants.as_deref());
         let state = match (&k.revoked_at, defect) {
             (Some(_), _) => ApiKeyState::Revoked,
             (None, Some(_)) => ApiKeyState::Invalid,
@@ -282,7 +278,7 @@ impl From<ApiKeyRecord> for ApiKeyView {
         Self {
             id: k.id,
             name: k.name,
-            role: k.role.to_string(),
+            role: k.role,
             tenants: k.tenants,
             prefix: k.key_prefix,
             created_at: k.created_at,
@@ -321,38 +317,27 @@ pub struct CreateApiKey {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceTenantView {
     pub provet_id: i64,
-    pub status: String,
-    pub grant_type: Option<String>,
-    pub client_type: Option<String>,
+    pub status: TenantStatus,
+    pub grant_type: Option<GrantType>,
+    pub client_type: Option<ClientType>,
     pub departments: Vec<i64>,
-    /// Discovery state: `pending`, `ok`, `failed` or `not_applicable`.
-    pub discovery: String,
+    pub discovery: DiscoveryState,
     /// Whether the broker holds something it can get a token with.
     pub usable_grant: bool,
 }
 
-impl From<TenantRecord> for ServiceTenantView {
-    fn from(t: TenantRecord) -> Self {
-        let view = TenantView::from(t);
-        // client_credentials: a stored secret not known to be rejected; authorization_code:
-        // an active grant.
-        let usable = view.status == "active"
-            && view.credentials.state != "rejected"
-            && view.client.as_ref().is_some_and(|c| {
-                if c.grant_type == "client_credentials" {
-                    c.has_secret
-                } else {
-                    view.grants.iter().any(|g| g.state == "active")
-                }
-            });
+impl From<ServiceTenant> for ServiceTenantView {
+    fn from(t: ServiceTenant) -> Self {
+        let usable_grant = t.usable_grant;
+        let view = TenantView::from(t.tenant);
         Self {
             provet_id: view.provet_id,
             status: view.status,
-            grant_type: view.client.as_ref().map(|c| c.grant_type.clone()),
-            client_type: view.client.as_ref().map(|c| c.client_type.clone()),
+            grant_type: view.client.as_ref().map(|c| c.grant_type),
+            client_type: view.client.as_ref().map(|c| c.client_type),
             departments: view.departments,
             discovery: view.discovery.state,
-            usable_grant: usable,
+            usable_grant,
         }
     }
 }

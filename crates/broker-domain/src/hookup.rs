@@ -120,6 +120,13 @@ impl FieldError {
     }
 }
 
+/// A rejected body: why, and the tenant it names if it names one validly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub provet_id: Option<ProvetId>,
+    pub error: ParseError,
+}
+
 /// Why a body is not a valid hookup message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -133,15 +140,22 @@ impl HookupMessage {
     /// Validates a raw body against the hookup schema and the broker's rules, returning the
     /// message or every problem found.
     pub fn parse(body: &[u8], policy: &UrlPolicy) -> Result<Self, ParseError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Self::parse_naming_tenant(body, policy).map_err(|r| r.error)
+    }
+
+    /// As `parse`; a rejection also carries the tenant the body names, when it names one
+    /// validly (so that the rejection is recorded under it without parsing the body again).
+    pub fn parse_naming_tenant(body: &[u8], policy: &UrlPolicy) -> Result<Self, Rejected> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| Rejected {
+            provet_id: None,
             // serde_json's messages name a position and a category, never the input.
-            ParseError::InvalidJson(e.to_string())
+            error: ParseError::InvalidJson(e.to_string()),
         })?;
         let Value::Object(object) = value else {
-            return Err(ParseError::Invalid(vec![FieldError::new(
-                "$",
-                "must be a JSON object",
-            )]));
+            return Err(Rejected {
+                provet_id: None,
+                error: ParseError::Invalid(vec![FieldError::new("$", "must be a JSON object")]),
+            });
         };
         let digest = hex::encode(Sha256::digest(body));
         Parser {
@@ -150,6 +164,13 @@ impl HookupMessage {
             policy,
         }
         .run(digest)
+        .map_err(|error| Rejected {
+            provet_id: object
+                .get("provet_id")
+                .and_then(|v| integer(v).ok())
+                .and_then(|n| ProvetId::new(n).ok()),
+            error,
+        })
     }
 
     /// The message as stored in the delivery record: every field, the secret replaced.

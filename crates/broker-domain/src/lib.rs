@@ -16,7 +16,7 @@ pub mod hosts;
 pub mod states;
 pub mod tenant;
 
-pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError};
+pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError, Rejected};
 pub use hookup_decision::{HookupDecision, StoredClient, StoredTenant, decide_hookup};
 pub use hosts::{HostAllowlist, UrlPolicy};
 pub use states::{

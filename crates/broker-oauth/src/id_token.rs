@@ -3,6 +3,7 @@
 //! small leeway), `nonce`, and `azp` (OpenID Connect Core 3.1.3.7: with several audiences
 //! the authorized party must be us; a present `azp` must always be us).
 
+use broker_domain::SigningAlgorithm;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -70,6 +71,12 @@ pub enum IdTokenError {
     AuthorizedPartyMissing,
     #[error("the ID token's authorized party (azp) is another client")]
     AuthorizedPartyMismatch,
+    #[error("the client has no ID-token algorithm")]
+    NoAlgorithm,
+    #[error("HS256 needs the client secret, which is not stored")]
+    NoSecret,
+    #[error("the ID token names no key (kid)")]
+    NoKeyId,
 }
 
 /// The key to check a signature with.
@@ -78,6 +85,68 @@ pub enum VerificationKey<'a> {
     Secret(&'a [u8]),
     /// RS256: the JWK named by the token's `kid`.
     Jwk(&'a Jwk),
+}
+
+/// The key a client's `algorithm` checks its ID tokens with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyNeeded {
+    /// HS256: the client secret.
+    ClientSecret,
+    /// RS256: the key with this `kid` from the tenant's JWKS.
+    Jwk(String),
+}
+
+/// Which key `token` needs under the client's `algorithm` (none: the client does not do
+/// OpenID Connect).
+pub fn key_needed(
+    algorithm: Option<SigningAlgorithm>,
+    token: &str,
+) -> Result<KeyNeeded, IdTokenError> {
+    match algorithm {
+        Some(SigningAlgorithm::Hs256) => Ok(KeyNeeded::ClientSecret),
+        Some(SigningAlgorithm::Rs256) => match key_id(token)?.1 {
+            Some(kid) => Ok(KeyNeeded::Jwk(kid)),
+            None => Err(IdTokenError::NoKeyId),
+        },
+        None => Err(IdTokenError::NoAlgorithm),
+    }
+}
+
+/// The key found for a [`KeyNeeded`].
+pub enum FoundKey<'a> {
+    ClientSecret(Option<&'a secrecy::SecretString>),
+    /// The JWK as the JWKS document holds it.
+    Jwk(serde_json::Value),
+}
+
+/// Verifies `token` with the key its client's algorithm asked for.
+pub fn verify_with(
+    token: &str,
+    key: FoundKey<'_>,
+    expected: &Expected<'_>,
+) -> Result<Claims, IdTokenError> {
+    use secrecy::ExposeSecret;
+    match key {
+        FoundKey::ClientSecret(secret) => {
+            let secret = secret.ok_or(IdTokenError::NoSecret)?;
+            verify(
+                token,
+                Algorithm::HS256,
+                VerificationKey::Secret(secret.expose_secret().as_bytes()),
+                expected,
+            )
+        }
+        FoundKey::Jwk(value) => {
+            let jwk: Jwk = serde_json::from_value(value)
+                .map_err(|e| IdTokenError::Invalid(format!("unusable JWK: {e}")))?;
+            verify(
+                token,
+                Algorithm::RS256,
+                VerificationKey::Jwk(&jwk),
+                expected,
+            )
+        }
+    }
 }
 
 /// The header's `kid` and algorithm, read before verification to pick the key.
@@ -177,6 +246,42 @@ mod tests {
                 now: 1_700_000_000,
             },
         )
+    }
+
+    #[test]
+    fn the_algorithm_picks_the_key() {
+        let t = token(json!("us"), None);
+        assert_eq!(
+            key_needed(Some(SigningAlgorithm::Hs256), &t),
+            Ok(KeyNeeded::ClientSecret)
+        );
+        // This token's header has no kid.
+        assert_eq!(
+            key_needed(Some(SigningAlgorithm::Rs256), &t),
+            Err(IdTokenError::NoKeyId)
+        );
+        assert_eq!(key_needed(None, &t), Err(IdTokenError::NoAlgorithm));
+        let expected = Expected {
+            issuer: "https://provider.test/7/oauth2",
+            client_id: "us",
+            nonce: None,
+            leeway: 60,
+            now: 1_700_000_000,
+        };
+        assert_eq!(
+            verify_with(&t, FoundKey::ClientSecret(None), &expected).unwrap_err(),
+            IdTokenError::NoSecret
+        );
+        let secret = secrecy::SecretString::from(String::from_utf8(KEY.to_vec()).unwrap());
+        assert!(verify_with(&t, FoundKey::ClientSecret(Some(&secret)), &expected).is_ok());
+        // An HS256 token is never checked against a JWKS key (algorithm confusion).
+        let e = verify_with(
+            &t,
+            FoundKey::Jwk(json!({"kty": "oct", "k": "a2V5"})),
+            &expected,
+        )
+        .unwrap_err();
+        assert!(matches!(e, IdTokenError::WrongAlgorithm { .. }), "{e:?}");
     }
 
     #[test]

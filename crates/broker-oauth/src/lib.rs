@@ -1,7 +1,13 @@
 //! Everything provet-broker says to an OAuth provider goes through `Upstream`: one reqwest
 //! client with timeouts and no redirects, the host allowlist checked before every request,
 //! and bodies read with a size cap.
+//!
+//! `lib.rs` `Upstream` itself; `resolver.rs` DNS answers checked against internal
+//! addresses; `token.rs` token requests (client credentials, code exchange, refresh,
+//! revocation); `authorize.rs` PKCE and the authorize URL; `id_token.rs` ID-token checks and
+//! the key each algorithm needs; `discovery.rs` OpenID Connect discovery and JWKS.
 
+pub mod authorize;
 pub mod discovery;
 pub mod id_token;
 pub mod resolver;

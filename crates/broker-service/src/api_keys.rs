@@ -8,7 +8,11 @@ use rand::RngCore;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use crate::{ApiKeyRecord, Broker, StoreError};
+use std::sync::Arc;
+
+use broker_store::Store;
+
+use crate::{ApiKeyRecord, Clock, StoreError};
 
 const KEY_PREFIX: &str = "pbk_";
 
@@ -52,7 +56,6 @@ pub enum KeyDefect {
     /// Admin keys are never tenant-scoped: a tenant list on one cannot be honoured, since
     /// admin routes are not about one tenant.
     ScopedAdmin,
-    UnknownRole,
 }
 
 impl KeyDefect {
@@ -61,18 +64,13 @@ impl KeyDefect {
             Self::ScopedAdmin => {
                 "an admin key with a tenant list: admin keys are never tenant-scoped; revoke it and create an unscoped admin key or a token key for those tenants"
             }
-            Self::UnknownRole => "the key's role is neither `token` nor `admin`; revoke it",
         }
     }
 }
 
 /// What is wrong with a stored key's role and tenant list, if anything.
-pub fn key_defect(role: &str, tenants: Option<&[i64]>) -> Option<KeyDefect> {
-    match role.parse::<ApiKeyRole>() {
-        Err(_) => Some(KeyDefect::UnknownRole),
-        Ok(ApiKeyRole::Admin) if tenants.is_some() => Some(KeyDefect::ScopedAdmin),
-        Ok(_) => None,
-    }
+pub fn key_defect(role: ApiKeyRole, tenants: Option<&[i64]>) -> Option<KeyDefect> {
+    (role == ApiKeyRole::Admin && tenants.is_some()).then_some(KeyDefect::ScopedAdmin)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,29 +85,32 @@ pub enum ApiKeyError {
     Store(#[from] StoreError),
 }
 
-/// Recently checked keys, so that the token hot path does not read the database. A revoke
-/// on this replica takes effect at once; on other replicas within the cache's time to live.
-pub struct ApiKeyCache {
+/// API keys: created, listed, revoked, and checked on every request.
+pub struct ApiKeys {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    /// Recently checked keys, so that the token hot path does not read the database. A
+    /// revoke on this replica takes effect at once; on other replicas within `cache_ttl`.
     cache: moka::future::Cache<String, Option<Authenticated>>,
-}
-
-impl ApiKeyCache {
-    pub fn new(ttl: std::time::Duration) -> Self {
-        Self {
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
 }
 
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-impl Broker {
-    pub async fn create_api_key(
+impl ApiKeys {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, cache_ttl: std::time::Duration) -> Self {
+        Self {
+            store,
+            clock,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl)
+                .build(),
+        }
+    }
+
+    pub async fn create(
         &self,
         name: &str,
         role: ApiKeyRole,
@@ -148,7 +149,7 @@ impl Broker {
                 tenants.as_deref(),
                 &hash_key(&key),
                 &key[..12],
-                self.now(),
+                self.clock.now(),
             )
             .await?;
         tracing::info!(
@@ -163,13 +164,17 @@ impl Broker {
         })
     }
 
-    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.store.api_keys().api_keys().await
     }
 
-    pub async fn revoke_api_key(&self, id: i64) -> Result<bool, StoreError> {
-        let revoked = self.store.api_keys().revoke_api_key(id, self.now()).await?;
-        self.api_key_cache.cache.invalidate_all();
+    pub async fn revoke(&self, id: i64) -> Result<bool, StoreError> {
+        let revoked = self
+            .store
+            .api_keys()
+            .revoke_api_key(id, self.clock.now())
+            .await?;
+        self.cache.invalidate_all();
         if revoked {
             tracing::info!(key_id = id, "API key revoked");
         }
@@ -182,7 +187,7 @@ impl Broker {
             return Ok(None);
         }
         let hash = hash_key(key);
-        if let Some(known) = self.api_key_cache.cache.get(&hash).await {
+        if let Some(known) = self.cache.get(&hash).await {
             return Ok(known);
         }
         let found = self
@@ -191,26 +196,20 @@ impl Broker {
             .api_key_by_hash(&hash)
             .await?
             .map(
-                |record| match key_defect(record.role.as_str(), record.tenants.as_deref()) {
+                |record| match key_defect(record.role, record.tenants.as_deref()) {
                     Some(defect) => Authenticated::Unusable {
                         name: record.name,
                         defect,
                     },
-                    None => match record.role.as_str().parse() {
-                        Ok(role) => Authenticated::Valid(Principal {
-                            key_id: record.id,
-                            role,
-                            name: record.name,
-                            tenants: record.tenants,
-                        }),
-                        Err(_) => Authenticated::Unusable {
-                            name: record.name,
-                            defect: KeyDefect::UnknownRole,
-                        },
-                    },
+                    None => Authenticated::Valid(Principal {
+                        key_id: record.id,
+                        role: record.role,
+                        name: record.name,
+                        tenants: record.tenants,
+                    }),
                 },
             );
-        self.api_key_cache.cache.insert(hash, found.clone()).await;
+        self.cache.insert(hash, found.clone()).await;
         Ok(found)
     }
 }
@@ -221,14 +220,11 @@ mod tests {
 
     #[test]
     fn admin_keys_with_a_tenant_list_are_defective() {
-        assert_eq!(key_defect("admin", None), None);
-        assert_eq!(key_defect("token", None), None);
-        assert_eq!(key_defect("token", Some(&[7])), None);
-        assert_eq!(
-            key_defect("admin", Some(&[7])),
-            Some(KeyDefect::ScopedAdmin)
-        );
-        assert_eq!(key_defect("admin", Some(&[])), Some(KeyDefect::ScopedAdmin));
-        assert_eq!(key_defect("root", None), Some(KeyDefect::UnknownRole));
+        use ApiKeyRole::{Admin, Token};
+        assert_eq!(key_defect(Admin, None), None);
+        assert_eq!(key_defect(Token, None), None);
+        assert_eq!(key_defect(Token, Some(&[7])), None);
+        assert_eq!(key_defect(Admin, Some(&[7])), Some(KeyDefect::ScopedAdmin));
+        assert_eq!(key_defect(Admin, Some(&[])), Some(KeyDefect::ScopedAdmin));
     }
 }

@@ -4,12 +4,13 @@
 //! backoff after a failure. Both carry jitter so that thousands of tenants registered in one
 //! burst do not stay in lockstep.
 
+use broker_domain::DiscoveryState;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker_domain::DiscoveryState;
 use broker_oauth::discovery::{self as oidc, DiscoveryError};
 use broker_oauth::{Upstream, UpstreamError};
-use broker_store::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter};
+use broker_store::{DiscoveryJob, DiscoveryRecord, DiscoverySuccess, RerunFilter, Store};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::Value;
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{Broker, StoreError};
+use crate::{Clock, Metrics, StoreError};
 
 /// How discovery behaves.
 #[derive(Clone, Debug)]
@@ -50,25 +51,47 @@ impl Default for DiscoverySettings {
     }
 }
 
-/// What the worker and the admin calls share.
+/// OpenID Connect discovery: the background worker, the runs an operator asks for, and the
+/// JWKS the connect flow checks ID tokens with.
 pub struct Discovery {
-    pub settings: DiscoverySettings,
-    pub upstream: Upstream,
+    settings: DiscoverySettings,
+    upstream: Upstream,
+    store: Store,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
     /// Identifies this process's leases.
-    pub owner: String,
+    owner: String,
     /// Wakes the worker when tenants become due (a hookup, an admin rerun).
-    pub wake: Notify,
+    wake: Notify,
 }
 
 impl Discovery {
-    pub fn new(settings: DiscoverySettings, upstream: Upstream) -> Self {
+    pub fn new(
+        settings: DiscoverySettings,
+        upstream: Upstream,
+        store: Store,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
         Self {
             settings,
             upstream,
+            store,
+            metrics,
+            clock,
             owner,
             wake: Notify::new(),
         }
+    }
+
+    /// Tenants became due (a new discovery URL): the worker looks now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// A lease outlives any one run (two requests, each bounded by the timeout).
@@ -113,23 +136,19 @@ pub enum RunOutcome {
     Superseded,
 }
 
-impl Broker {
-    fn discovery(&self) -> &Discovery {
-        &self.discovery
-    }
-
+impl Discovery {
     /// Runs the worker until `stop` is cancelled; in-flight runs finish first.
-    pub async fn run_discovery_worker(self, stop: CancellationToken) {
-        let concurrency = self.discovery().settings.concurrency.max(1);
+    pub async fn run_worker(self: Arc<Self>, stop: CancellationToken) {
+        let concurrency = self.settings.concurrency.max(1);
         let mut running: JoinSet<()> = JoinSet::new();
-        let mut poll = tokio::time::interval(self.discovery().settings.poll_interval);
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut gauge_refreshed = Instant::now() - Duration::from_secs(3600);
-        tracing::info!(owner = %self.discovery().owner, concurrency, "discovery worker started");
+        let mut gauge_refreshed: Option<Instant> = None;
+        tracing::info!(owner = %self.owner, concurrency, "discovery worker started");
         loop {
-            if gauge_refreshed.elapsed() > Duration::from_secs(10) {
+            if gauge_refreshed.is_none_or(|at| self.clock.since(at) > Duration::from_secs(10)) {
                 self.refresh_discovery_gauge().await;
-                gauge_refreshed = Instant::now();
+                gauge_refreshed = Some(self.clock.instant());
             }
             // Collect every finished run first, so that one claim fills all free slots.
             while running.try_join_next().is_some() {}
@@ -140,9 +159,9 @@ impl Broker {
                     Ok(jobs) => {
                         claimed = jobs.len();
                         for job in jobs {
-                            let broker = self.clone();
+                            let discovery = self.clone();
                             running.spawn(async move {
-                                broker.run_job(job).await;
+                                discovery.run_job(job).await;
                             });
                         }
                     }
@@ -155,7 +174,7 @@ impl Broker {
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.discovery().wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = poll.tick() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
@@ -166,7 +185,7 @@ impl Broker {
 
     async fn claim(&self, limit: u64, only: Option<i64>) -> Result<Vec<DiscoveryJob>, StoreError> {
         let now = self.now();
-        let d = self.discovery();
+        let d = self;
         self.store
             .discovery()
             .claim_discovery(&d.owner, now, now + d.lease(), limit, only)
@@ -193,20 +212,28 @@ impl Broker {
             .discovery()
             .schedule_discovery(filter, self.now())
             .await?;
-        self.discovery().wake.notify_one();
+        self.wake();
         tracing::info!(scheduled = n, ?filter, "discovery rerun scheduled");
         Ok(n)
     }
 
+    /// Tenants per discovery state.
+    pub async fn state_counts(&self) -> Result<Vec<(DiscoveryState, i64)>, StoreError> {
+        self.store.discovery().discovery_state_counts().await
+    }
+
     /// The `stale` filter: metadata older than the refresh interval.
     pub fn stale_filter(&self) -> RerunFilter {
-        RerunFilter::Stale(self.now() - to_chrono(self.discovery().settings.refresh_interval))
+        RerunFilter::Stale(self.now() - to_chrono(self.settings.refresh_interval))
     }
 
     /// Claims and runs due work until none is left (the CLI's loop, without the daemon).
     /// Calls `progress` after each batch.
-    pub async fn discover_due(&self, mut progress: impl FnMut(usize)) -> Result<usize, StoreError> {
-        let concurrency = self.discovery().settings.concurrency.max(1);
+    pub async fn discover_due(
+        self: &Arc<Self>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, StoreError> {
+        let concurrency = self.settings.concurrency.max(1);
         let mut done = 0;
         loop {
             let jobs = self.claim(concurrency as u64, None).await?;
@@ -215,8 +242,8 @@ impl Broker {
             }
             let mut set = JoinSet::new();
             for job in jobs {
-                let broker = self.clone();
-                set.spawn(async move { broker.run_job(job).await });
+                let discovery = self.clone();
+                set.spawn(async move { discovery.run_job(job).await });
             }
             while set.join_next().await.is_some() {
                 done += 1;
@@ -228,8 +255,8 @@ impl Broker {
     async fn run_job(&self, job: DiscoveryJob) -> RunOutcome {
         let span = tracing::info_span!("discovery", provet_id = job.provet_id);
         async {
-            let started = Instant::now();
-            let d = self.discovery();
+            let started = self.clock.instant();
+            let d = self;
             // Two requests, each bounded by the upstream timeout; bound the pair as well.
             let result = tokio::time::timeout(
                 d.settings.timeout * 2 + Duration::from_secs(1),
@@ -252,7 +279,7 @@ impl Broker {
                 RunOutcome::Failed(_) => "failed",
                 RunOutcome::Superseded => "superseded",
             };
-            self.metrics.discovery_run(label, started.elapsed());
+            self.metrics.discovery_run(label, self.clock.since(started));
             outcome
         }
         .instrument(span)
@@ -265,7 +292,7 @@ impl Broker {
         found: oidc::Discovered,
         now: DateTime<Utc>,
     ) -> RunOutcome {
-        let d = self.discovery();
+        let d = self;
         let mut warnings = found.warnings;
         if let (Some(hookup), Some(discovered)) = (&job.token_url, &found.token_endpoint)
             && !same_url(hookup, discovered)
@@ -324,7 +351,7 @@ impl Broker {
         error: &str,
         now: DateTime<Utc>,
     ) -> RunOutcome {
-        let d = self.discovery();
+        let d = self;
         let backoff = |attempts| now + to_chrono(d.backoff(attempts));
         match self
             .store
@@ -360,7 +387,7 @@ impl Broker {
         let Some(jwks_uri) = record.jwks_uri else {
             return Ok(cached);
         };
-        let not_since = now - to_chrono(self.discovery().settings.jwks_min_interval);
+        let not_since = now - to_chrono(self.settings.jwks_min_interval);
         if !self
             .store
             .discovery()
@@ -370,7 +397,7 @@ impl Broker {
             tracing::debug!(provet_id, kid, "JWKS was fetched recently, not refetching");
             return Ok(cached);
         }
-        match oidc::fetch_jwks(&self.discovery().upstream, &jwks_uri).await {
+        match oidc::fetch_jwks(&self.upstream, &jwks_uri).await {
             Ok(jwks) => {
                 let expires = jwks.max_age.map(|age| jwks_expiry(now, age));
                 self.store
@@ -432,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_huge_jwks_max_age_is_bounded() {
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         assert_eq!(
             jwks_expiry(now, Duration::from_secs(100_000_000_000_000)),
             now + chrono::Duration::days(1)

@@ -281,6 +281,7 @@ mod hardening_tests {
             .secret_setting_or_insert(
                 "probe",
                 || secrecy::SecretString::from("v"),
+                #[allow(clippy::disallowed_methods)]
                 chrono::Utc::now(),
             )
             .await

@@ -1,4 +1,5 @@
 //! Store tests on a real SQLite file (PostgreSQL is covered by the black-box suite).
+#![allow(clippy::disallowed_methods)] // test fixtures stamp rows with the real time
 
 use std::sync::Arc;
 

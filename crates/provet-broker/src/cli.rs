@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use broker_api::UseCases;
 use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
 use broker_domain::{ApiKeyRole, ProvetId};
+use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
-use broker_service::{Broker, RerunFilter, TenantFilter};
+use broker_service::tenants::Rerun;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
@@ -87,7 +89,7 @@ pub enum TenantsCommand {
     /// List tenants as JSON lines.
     List {
         #[arg(long)]
-        status: Option<String>,
+        status: Option<broker_domain::TenantStatus>,
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
@@ -104,161 +106,173 @@ impl Cli {
                     .run_until_stopped()
                     .await
             }
-            Command::Migrate => {
-                let store = open_store(&settings).await?;
-                store.migrate().await.context("migrating")?;
-                eprintln!("migrations applied");
-                Ok(())
-            }
-            Command::Rekey => {
-                let store = open_store(&settings).await?;
-                store.migrate().await?;
-                let report = store
-                    .settings()
-                    .rekey()
-                    .await
-                    .context("re-sealing secrets")?;
-                println!(
-                    "re-sealed {} secret(s) with key {}; {} already used it. The old key can now be removed from secrets.previous_keys.",
-                    report.resealed,
-                    store.keyring().current_id(),
-                    report.already_current
-                );
-                Ok(())
-            }
-            Command::ApiKey(cmd) => {
-                let broker = offline_broker(&settings).await?;
-                match cmd {
-                    ApiKeyCommand::Create {
-                        name,
-                        role,
-                        tenants,
-                    } => {
-                        let role: ApiKeyRole = role.parse().map_err(anyhow::Error::msg)?;
-                        if role == ApiKeyRole::Admin && !tenants.is_empty() {
-                            bail!(
-                                "--tenant cannot be used with --role admin: admin keys are never tenant-scoped (create a --role token key for those tenants)"
-                            );
-                        }
-                        let tenants = (!tenants.is_empty())
-                            .then(|| tenants.into_iter().map(ProvetId::get).collect());
-                        let created = broker
-                            .create_api_key(&name, role, tenants)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        eprintln!(
-                            "created API key {} ({}, role {}); it is shown once, below:",
-                            created.record.id, created.record.name, created.record.role
-                        );
-                        println!("{}", created.key.expose_secret());
-                    }
-                    ApiKeyCommand::List => {
-                        for key in broker.api_keys().await? {
-                            println!("{}", serde_json::to_string(&ApiKeyView::from(key))?);
-                        }
-                    }
-                    ApiKeyCommand::Revoke { id } => {
-                        if !broker.revoke_api_key(id).await? {
-                            bail!("no live API key with id {id}");
-                        }
-                        eprintln!("revoked API key {id}");
-                    }
-                }
-                Ok(())
-            }
+            Command::Migrate => migrate(&settings).await,
+            Command::Rekey => rekey(&settings).await,
+            Command::ApiKey(cmd) => api_key(&settings, cmd).await,
             Command::Discovery(DiscoveryCommand::Rerun {
                 provet_id,
                 failed,
                 all,
-            }) => {
-                let broker = offline_broker(&settings).await?;
-                if let Some(id) = provet_id {
-                    let record = broker
-                        .discover_now(id.get())
-                        .await?
-                        .with_context(|| format!("tenant {id} has no discovery URL"))?;
-                    let failed = record.state == broker_domain::DiscoveryState::Failed;
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&DiscoveryView::from_record(Some(record)))?
-                    );
-                    if failed {
-                        bail!("discovery for tenant {id} failed");
-                    }
-                    return Ok(());
-                }
-                let filter = if all {
-                    RerunFilter::All
-                } else if failed {
-                    RerunFilter::Failed
-                } else {
-                    broker.stale_filter()
-                };
-                let scheduled = broker.schedule_discovery(filter).await?;
-                eprintln!("discovery: {scheduled} tenant(s) scheduled");
-                let done = broker
-                    .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
-                    .await?;
-                let counts = broker.store.discovery().discovery_state_counts().await?;
-                let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
-                println!(
-                    "discovery: ran {done} here; tenants now {}",
-                    summary.join(" ")
-                );
-                Ok(())
-            }
-            Command::Tenants(cmd) => {
-                let broker = offline_broker(&settings).await?;
-                match cmd {
-                    TenantsCommand::List { status, limit } => {
-                        let status = status
-                            .as_deref()
-                            .map(str::parse::<broker_domain::TenantStatus>)
-                            .transpose()?;
-                        let mut after = None;
-                        let mut left = limit;
-                        while left > 0 {
-                            let page = broker
-                                .tenants(&TenantFilter {
-                                    status,
-                                    after,
-                                    limit: left.min(500),
-                                    ..Default::default()
-                                })
-                                .await?;
-                            let Some(last) = page.last().map(|t| t.provet_id) else {
-                                break;
-                            };
-                            left = left.saturating_sub(page.len() as u64);
-                            for t in page {
-                                println!("{}", serde_json::to_string(&TenantView::from(t))?);
-                            }
-                            after = Some(last);
-                        }
-                    }
-                    TenantsCommand::Show { provet_id } => {
-                        let tenant = broker
-                            .tenant(provet_id.get())
-                            .await?
-                            .with_context(|| format!("tenant {provet_id} is not registered"))?;
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&TenantView::from(tenant))?
-                        );
-                    }
-                }
-                Ok(())
-            }
+            }) => rerun_discovery(&settings, provet_id, failed, all).await,
+            Command::Tenants(cmd) => tenants(&settings, cmd).await,
         }
     }
 }
 
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    store.migrate().await.context("migrating")?;
+    eprintln!("migrations applied");
+    Ok(())
+}
+
+async fn rekey(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    store.migrate().await?;
+    let report = store
+        .settings()
+        .rekey()
+        .await
+        .context("re-sealing secrets")?;
+    println!(
+        "re-sealed {} secret(s) with key {}; {} already used it. The old key can now be removed from secrets.previous_keys.",
+        report.resealed,
+        store.keyring().current_id(),
+        report.already_current
+    );
+    Ok(())
+}
+
+async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> {
+    let use_cases = offline_use_cases(settings).await?;
+    match cmd {
+        ApiKeyCommand::Create {
+            name,
+            role,
+            tenants,
+        } => {
+            let role: ApiKeyRole = role.parse().map_err(anyhow::Error::msg)?;
+            if role == ApiKeyRole::Admin && !tenants.is_empty() {
+                bail!(
+                    "--tenant cannot be used with --role admin: admin keys are never tenant-scoped (create a --role token key for those tenants)"
+                );
+            }
+            let tenants =
+                (!tenants.is_empty()).then(|| tenants.into_iter().map(ProvetId::get).collect());
+            let created = use_cases
+                .api_keys
+                .create(&name, role, tenants)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!(
+                "created API key {} ({}, role {}); it is shown once, below:",
+                created.record.id, created.record.name, created.record.role
+            );
+            println!("{}", created.key.expose_secret());
+        }
+        ApiKeyCommand::List => {
+            for key in use_cases.api_keys.list().await? {
+                println!("{}", serde_json::to_string(&ApiKeyView::from(key))?);
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            if !use_cases.api_keys.revoke(id).await? {
+                bail!("no live API key with id {id}");
+            }
+            eprintln!("revoked API key {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn rerun_discovery(
+    settings: &Settings,
+    provet_id: Option<ProvetId>,
+    failed: bool,
+    all: bool,
+) -> anyhow::Result<()> {
+    let use_cases = offline_use_cases(settings).await?;
+    if let Some(id) = provet_id {
+        let record = use_cases
+            .discovery
+            .discover_now(id.get())
+            .await?
+            .with_context(|| format!("tenant {id} has no discovery URL"))?;
+        let failed = record.state == broker_domain::DiscoveryState::Failed;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&DiscoveryView::from_record(Some(record)))?
+        );
+        if failed {
+            bail!("discovery for tenant {id} failed");
+        }
+        return Ok(());
+    }
+    let which = if all {
+        Rerun::All
+    } else if failed {
+        Rerun::Failed
+    } else {
+        Rerun::Stale
+    };
+    let scheduled = use_cases.tenant_admin.schedule_discovery(which).await?;
+    eprintln!("discovery: {scheduled} tenant(s) scheduled");
+    let done = use_cases
+        .discovery
+        .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
+        .await?;
+    let counts = use_cases.discovery.state_counts().await?;
+    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    println!(
+        "discovery: ran {done} here; tenants now {}",
+        summary.join(" ")
+    );
+    Ok(())
+}
+
+async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()> {
+    let use_cases = offline_use_cases(settings).await?;
+    match cmd {
+        TenantsCommand::List { status, limit } => {
+            let mut after = None;
+            let mut left = limit;
+            while left > 0 {
+                let page = use_cases
+                    .tenant_admin
+                    .tenants(&TenantFilter {
+                        status,
+                        after,
+                        limit: left.min(500),
+                        ..Default::default()
+                    })
+                    .await?;
+                let Some(last) = page.last().map(|t| t.provet_id) else {
+                    break;
+                };
+                left = left.saturating_sub(page.len() as u64);
+                for t in page {
+                    println!("{}", serde_json::to_string(&TenantView::from(t))?);
+                }
+                after = Some(last);
+            }
+        }
+        TenantsCommand::Show { provet_id } => {
+            let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&TenantView::from(tenant))?
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The use cases without the HTTP server, for commands run beside (or instead of) the daemon.
-async fn offline_broker(settings: &Settings) -> anyhow::Result<Broker> {
+async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
     let store = open_store(settings).await?;
     store.migrate().await?;
     // Commands never answer hookups: a throwaway secret keeps the URL closed.
-    crate::startup::broker(
+    crate::startup::use_cases(
         settings,
         store,
         HookupSecrets::new(HookupSecrets::generate(), &[]),

@@ -335,20 +335,24 @@ impl OAuthSettings {
     pub fn to_service(
         &self,
         public_url: &str,
-    ) -> Result<
-        broker_service::authorizations::OAuthSettings,
-        broker_service::authorizations::ReturnToConfigError,
-    > {
-        Ok(broker_service::authorizations::OAuthSettings {
+    ) -> Result<broker_service::connect::OAuthSettings, broker_service::connect::ReturnToConfigError>
+    {
+        Ok(broker_service::connect::OAuthSettings {
             callback_url: format!("{}/oauth/callback", public_url.trim_end_matches('/')),
-            allowed_return_to: broker_service::authorizations::ReturnToPolicy::new(
+            allowed_return_to: broker_service::connect::ReturnToPolicy::new(
                 &self.allowed_return_to,
             )?,
             authorization_ttl: self.authorization_ttl,
-            keepalive_after: self.keepalive_after,
-            keepalive_interval: self.keepalive_interval,
             leeway: self.id_token_leeway,
         })
+    }
+
+    /// When idle grants are refreshed.
+    pub fn keepalive(&self) -> broker_service::tokens::KeepAlive {
+        broker_service::tokens::KeepAlive {
+            after: self.keepalive_after,
+            interval: self.keepalive_interval,
+        }
     }
 }
 

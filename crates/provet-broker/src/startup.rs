@@ -9,15 +9,15 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
-use broker_api::AppState;
 use broker_api::guard::AuthFailures;
+use broker_api::{AppState, UseCases};
 use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
-use broker_service::api_keys::ApiKeyCache;
-use broker_service::discovery::Discovery;
-use broker_service::hookup::{HookupSecrets, HookupWriter};
-use broker_service::tokens::{CredentialChecks, TokenBroker};
-use broker_service::{Broker, Metrics, SystemClock};
+use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
+use broker_service::{
+    ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, SystemClock,
+    TenantAdmin, TokenBroker,
+};
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
@@ -173,12 +173,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The use cases over an open store: what the daemon and the CLI commands share.
-pub fn broker(
+/// The use cases over an open store, each built once: what the daemon and the CLI commands
+/// share.
+pub fn use_cases(
     settings: &Settings,
     store: Store,
     hookup_secrets: HookupSecrets,
-) -> anyhow::Result<Broker> {
+) -> anyhow::Result<UseCases> {
     let allowlist = HostAllowlist::new(&settings.hookup.allowed_hosts)
         .map_err(|e| anyhow::anyhow!("hookup.allowed_hosts: {e}"))?;
     let policy = Arc::new(UrlPolicy {
@@ -197,48 +198,106 @@ pub fn broker(
     )
     .map_err(anyhow::Error::msg)?;
     let discovery_upstream = upstream.with_limits(settings.discovery.timeout, 1024 * 1024);
-    let token_upstream = upstream;
     let metrics = Arc::new(Metrics::new());
-    let clock: Arc<dyn broker_service::Clock> = Arc::new(SystemClock);
-    let token_settings = settings.tokens.to_service();
-    let verify_queue = token_settings.verify_queue;
-    Ok(Broker {
-        tokens: Arc::new(TokenBroker::new(
-            token_settings,
-            token_upstream,
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let tokens = Arc::new(TokenBroker::new(
+        settings.tokens.to_service(),
+        upstream,
+        store.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+    let discovery = Arc::new(Discovery::new(
+        settings.discovery.to_service(),
+        discovery_upstream,
+        store.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+    let writers = if store.backend_name() == "sqlite" {
+        1
+    } else {
+        settings.hookup.writers
+    };
+    let hookups = Arc::new(HookupIntake::new(HookupIntakeParts {
+        store: store.clone(),
+        policy,
+        secrets: hookup_secrets,
+        writer: HookupWriter::new(writers, settings.hookup.max_batch),
+        tokens: tokens.clone(),
+        discovery: discovery.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+    }));
+    let connect = Arc::new(ConnectFlow::new(
+        settings.oauth.to_service(&settings.server.public_url)?,
+        store.clone(),
+        tokens.clone(),
+        discovery.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+    Ok(UseCases {
+        hookups,
+        connect,
+        tenant_admin: Arc::new(TenantAdmin::new(
             store.clone(),
-            metrics.clone(),
+            tokens.clone(),
+            discovery.clone(),
             clock.clone(),
         )),
-        credential_checks: Arc::new(CredentialChecks::new(verify_queue)),
-        hookup_writer: Arc::new(HookupWriter::new(
-            if store.backend_name() == "sqlite" {
-                1
-            } else {
-                settings.hookup.writers
-            },
-            settings.hookup.max_batch,
+        api_keys: Arc::new(ApiKeys::new(
+            store.clone(),
+            clock.clone(),
+            settings.server.api_key_cache_ttl,
         )),
-        api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
-        oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)?),
-        tasks: TaskTracker::new(),
-        store,
-        policy,
-        hookup_secrets: Arc::new(hookup_secrets),
+        operations: Arc::new(Operations::new(store, tokens.clone(), metrics.clone())),
+        tokens,
+        discovery,
         metrics,
         clock,
-        discovery: Arc::new(Discovery::new(
-            settings.discovery.to_service(),
-            discovery_upstream,
-        )),
     })
+}
+
+/// The hookup URL's secrets: configured (at least 16 characters each), or generated once
+/// and kept in the database.
+async fn hookup_secrets(settings: &Settings, store: &Store) -> anyhow::Result<HookupSecrets> {
+    let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
+        let (secret, generated) = store
+            .settings()
+            .secret_setting_or_insert("hookup_secret", HookupSecrets::generate, SystemClock.now())
+            .await
+            .context("reading the hookup secret")?;
+        if generated {
+            tracing::info!("generated a hookup secret and stored it in the database");
+        }
+        secret
+    } else {
+        if settings.hookup.secret.expose_secret().len() < 16 {
+            bail!(
+                "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
+            );
+        }
+        settings.hookup.secret.clone()
+    };
+    for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
+        if extra.expose_secret().len() < 16 {
+            bail!(
+                "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
+            );
+        }
+    }
+    Ok(HookupSecrets::new(
+        hookup_secret,
+        &settings.hookup.extra_secrets,
+    ))
 }
 
 /// The running daemon: HTTP server bound, workers ready.
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
-    broker: Broker,
+    store: Store,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -256,50 +315,22 @@ impl Application {
             "database ready"
         );
 
-        let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
-            let (secret, generated) = store
-                .settings()
-                .secret_setting_or_insert(
-                    "hookup_secret",
-                    HookupSecrets::generate,
-                    chrono::Utc::now(),
-                )
-                .await
-                .context("reading the hookup secret")?;
-            if generated {
-                tracing::info!("generated a hookup secret and stored it in the database");
-            }
-            secret
-        } else {
-            if settings.hookup.secret.expose_secret().len() < 16 {
-                bail!(
-                    "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
-                );
-            }
-            settings.hookup.secret.clone()
-        };
-        for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
-            if extra.expose_secret().len() < 16 {
-                bail!(
-                    "hookup.extra_secrets[{i}] must be at least 16 characters, like hookup.secret: each one opens the hookup URL"
-                );
-            }
-        }
-        let hookup_secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
+        let hookup_secrets = hookup_secrets(&settings, &store).await?;
 
-        let broker = broker(&settings, store, hookup_secrets)?;
+        let use_cases = use_cases(&settings, store.clone(), hookup_secrets)?;
 
         let listener = TcpListener::bind(&settings.server.bind)
             .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
         let address = listener.local_addr()?;
-        let state = web::Data::new(AppState {
-            broker: broker.clone(),
-            body_timeout: settings.server.request_body_timeout,
-            auth_failures: AuthFailures::new(
+        let state = web::Data::new(AppState::new(
+            use_cases.clone(),
+            AuthFailures::new(
                 settings.server.auth_failure_limit,
                 settings.server.auth_failure_window,
+                use_cases.clock.clone(),
             ),
-        });
+            settings.server.request_body_timeout,
+        ));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -321,23 +352,28 @@ impl Application {
         tracing::info!(%address, "listening");
         let base = public_url.as_str().trim_end_matches('/');
         tracing::info!(
-            hookup_url = %format!("{base}/hookup/{}", broker.hookup_secrets.current().expose_secret()),
+            hookup_url = %format!("{base}/hookup/{}", use_cases.hookups.secrets().current().expose_secret()),
             "give Provet this hookup URL"
         );
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(broker.clone().run_keepalive(stop.child_token()));
-        tasks.spawn(broker.clone().run_credential_checks(stop.child_token()));
-        tasks.spawn(broker.clone().run_hookup_writer(stop.child_token()));
+        let tokens = &use_cases.tokens;
+        tasks.spawn(
+            tokens
+                .clone()
+                .run_keepalive(settings.oauth.keepalive(), stop.child_token()),
+        );
+        tasks.spawn(tokens.clone().run_credential_checks(stop.child_token()));
+        tasks.spawn(use_cases.hookups.clone().run_writer(stop.child_token()));
         if settings.discovery.enabled {
-            tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
+            tasks.spawn(use_cases.discovery.clone().run_worker(stop.child_token()));
         } else {
             tracing::info!("discovery worker disabled (discovery.enabled = false)");
         }
         Ok(Self {
             port: address.port(),
             server: server.run(),
-            broker,
+            store,
             stop,
             tasks,
         })
@@ -355,11 +391,9 @@ impl Application {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        self.broker.tasks.close();
-        self.broker.tasks.wait().await;
         served?;
         tracing::info!("stopped; closing the database");
-        self.broker.store.close().await;
+        self.store.close().await;
         Ok(())
     }
 }

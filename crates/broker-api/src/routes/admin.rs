@@ -2,8 +2,8 @@
 
 use actix_web::{HttpResponse, web};
 use broker_domain::{ApiKeyRole, ProvetId};
-use broker_service::api_keys::ApiKeyError;
-use broker_service::{RerunFilter, TenantFilter};
+use broker_service::TenantFilter;
+use broker_service::tenants::Rerun;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -25,17 +25,6 @@ pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<ProvetId>()
         .map(ProvetId::get)
         .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
-}
-
-/// A `400` naming the one offending field.
-fn invalid_field(field: &str, message: String) -> ApiError {
-    ApiError::Invalid {
-        detail: format!("{field}: {message}"),
-        errors: vec![broker_domain::FieldError {
-            field: field.to_owned(),
-            message,
-        }],
-    }
 }
 
 fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
@@ -85,32 +74,31 @@ pub async fn list_tenants(
         .map(str::parse::<broker_domain::TenantStatus>)
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if q.grant_type
+    let grant_type = match q.grant_type.as_deref() {
+        None => None,
+        Some(g) => Some(broker_domain::GrantType::parse(g).ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "grant_type must be `authorization_code` or `client_credentials`".into(),
+            )
+        })?),
+    };
+    let discovery = q
+        .discovery
         .as_deref()
-        .is_some_and(|g| broker_domain::GrantType::parse(g).is_none())
-    {
-        return Err(ApiError::InvalidRequest(
-            "grant_type must be `authorization_code` or `client_credentials`".into(),
-        ));
-    }
-    if q.discovery
-        .as_deref()
-        .is_some_and(|d| d.parse::<broker_domain::DiscoveryState>().is_err())
-    {
-        return Err(ApiError::InvalidRequest(
-            "discovery must be `pending`, `ok`, `failed` or `not_applicable`".into(),
-        ));
-    }
+        .map(str::parse::<broker_domain::DiscoveryState>)
+        .transpose()
+        .map_err(|_| {
+            ApiError::InvalidRequest(
+                "discovery must be `pending`, `ok`, `failed` or `not_applicable`".into(),
+            )
+        })?;
     let limit = page_size(q.limit)?;
     let tenants = state
-        .broker
+        .tenant_admin()
         .tenants(&TenantFilter {
             status,
-            grant_type: q
-                .grant_type
-                .as_deref()
-                .and_then(broker_domain::GrantType::parse),
-            discovery: q.discovery.as_deref().and_then(|d| d.parse().ok()),
+            grant_type,
+            discovery,
             after: q.after,
             limit,
         })
@@ -140,11 +128,7 @@ pub async fn get_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let tenant = state
-        .broker
-        .tenant(id)
-        .await?
-        .ok_or(ApiError::TenantNotFound(id))?;
+    let tenant = state.tenant_admin().tenant(id).await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
 }
 
@@ -175,10 +159,10 @@ pub async fn tenant_events(
     caller.require_admin()?;
     let id = provet_id(&path)?;
     let limit = page_size(query.limit)?;
-    let events = state.broker.deliveries(id, query.before, limit).await?;
-    if events.is_empty() && query.before.is_none() && state.broker.tenant(id).await?.is_none() {
-        return Err(ApiError::TenantNotFound(id));
-    }
+    let events = state
+        .tenant_admin()
+        .deliveries(id, query.before, limit)
+        .await?;
     let next_before = (events.len() as u64 == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
@@ -204,14 +188,7 @@ pub async fn remove_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    if !state.broker.remove_tenant(id).await? {
-        return Err(ApiError::TenantNotFound(id));
-    }
-    let tenant = state
-        .broker
-        .tenant(id)
-        .await?
-        .ok_or(ApiError::TenantNotFound(id))?;
+    let tenant = state.tenant_admin().remove(id).await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
 }
 
@@ -234,15 +211,11 @@ pub async fn create_api_key(
     let role: ApiKeyRole = body
         .role
         .parse()
-        .map_err(|e: broker_domain::UnknownState| invalid_field("role", e.to_string()))?;
+        .map_err(|e: broker_domain::UnknownState| ApiError::invalid_field("role", e.to_string()))?;
     let created = state
-        .broker
-        .create_api_key(&body.name, role, body.tenants)
-        .await
-        .map_err(|e| match e {
-            ApiKeyError::Invalid { field, message } => invalid_field(field, message),
-            ApiKeyError::Store(e) => e.into(),
-        })?;
+        .api_keys()
+        .create(&body.name, role, body.tenants)
+        .await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
         api_key: ApiKeyView::from(created.record),
         key: created.key.expose_secret().to_owned(),
@@ -262,7 +235,7 @@ pub async fn list_api_keys(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let keys = state.broker.api_keys().await?;
+    let keys = state.api_keys().list().await?;
     Ok(HttpResponse::Ok().json(ApiKeyList {
         api_keys: keys.into_iter().map(ApiKeyView::from).collect(),
     }))
@@ -286,7 +259,7 @@ pub async fn revoke_api_key(
     let id: i64 = path
         .parse()
         .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
-    if state.broker.revoke_api_key(id).await? {
+    if state.api_keys().revoke(id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)
@@ -310,15 +283,7 @@ pub async fn rerun_tenant_discovery(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let tenant = state
-        .broker
-        .tenant(id)
-        .await?
-        .ok_or(ApiError::TenantNotFound(id))?;
-    let record = match tenant.discovery {
-        Some(_) => state.broker.discover_now(id).await?,
-        None => None,
-    };
+    let record = state.tenant_admin().rediscover(id).await?;
     Ok(HttpResponse::Ok().json(DiscoveryView::from_record(record)))
 }
 
@@ -338,17 +303,17 @@ pub async fn rerun_discovery(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let body: RerunRequest = crate::parse_json(&body.read().await?)?;
-    let filter = match body.filter.as_str() {
-        "failed" => RerunFilter::Failed,
-        "stale" => state.broker.stale_filter(),
-        "all" => RerunFilter::All,
+    let which = match body.filter.as_str() {
+        "failed" => Rerun::Failed,
+        "stale" => Rerun::Stale,
+        "all" => Rerun::All,
         _ => {
             return Err(ApiError::InvalidRequest(
                 "filter must be `failed`, `stale` or `all`".into(),
             ));
         }
     };
-    let scheduled = state.broker.schedule_discovery(filter).await?;
+    let scheduled = state.tenant_admin().schedule_discovery(which).await?;
     Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
 }
 
@@ -369,12 +334,7 @@ pub async fn verify_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    state.broker.verify_credentials(id).await?;
-    let tenant = state
-        .broker
-        .tenant(id)
-        .await?
-        .ok_or(ApiError::TenantNotFound(id))?;
+    let tenant = state.tenant_admin().verify(id).await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }
 
@@ -396,7 +356,7 @@ pub async fn revoke_grant(
     caller.require_admin()?;
     let (id, subject) = path.into_inner();
     let id = provet_id(&id)?;
-    if state.broker.revoke_grant(id, &subject).await? {
+    if state.connect().revoke_grant(id, &subject).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)

@@ -2,8 +2,6 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use broker_domain::ParseError;
-use broker_service::hookup::HookupError;
 use futures_util::StreamExt;
 
 use crate::AppState;
@@ -40,7 +38,7 @@ pub async fn receive(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // The secret first: nothing else about the request may tell a guesser anything.
-    if !state.broker.hookup_secrets.accepts(&secret) {
+    if !state.hookups().secrets().accepts(&secret) {
         return Err(ApiError::NotFound);
     }
     if !is_json(&req) {
@@ -66,31 +64,15 @@ pub async fn receive(
         }
         Ok(body)
     };
-    let body = tokio::time::timeout(state.body_timeout, read)
+    let body = tokio::time::timeout(state.body_timeout(), read)
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    match state.broker.receive_hookup(&body).await {
-        Ok(receipt) => Ok(HttpResponse::Ok().json(HookupReceiptView {
-            provet_id: receipt.provet_id,
-            client_id: receipt.client_id,
-            status: receipt.outcome.as_str().to_owned(),
-        })),
-        Err(HookupError::Invalid(ParseError::InvalidJson(message))) => Err(ApiError::Invalid {
-            detail: "the body is not valid JSON".into(),
-            errors: vec![broker_domain::FieldError {
-                field: "$".into(),
-                message,
-            }],
-        }),
-        Err(HookupError::Invalid(ParseError::Invalid(errors))) => Err(ApiError::Invalid {
-            detail: format!(
-                "the message does not follow the hookup schema: {} problem(s), each named in `errors`",
-                errors.len()
-            ),
-            errors,
-        }),
-        Err(HookupError::Store(e)) => Err(e.into()),
-    }
+    let receipt = state.hookups().receive(&body).await?;
+    Ok(HttpResponse::Ok().json(HookupReceiptView {
+        provet_id: receipt.provet_id,
+        client_id: receipt.client_id,
+        status: receipt.outcome,
+    }))
 }
 
 /// `application/json` or any `+json` type, parameters (charset) allowed.

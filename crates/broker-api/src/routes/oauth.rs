@@ -2,7 +2,6 @@
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use broker_service::authorizations::AuthorizationError;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -12,24 +11,6 @@ use crate::body::Body;
 use crate::problem::ApiError;
 use crate::routes::admin::provet_id;
 use crate::views::{AuthorizationCreated, StartAuthorization};
-
-impl From<AuthorizationError> for ApiError {
-    fn from(e: AuthorizationError) -> Self {
-        match e {
-            AuthorizationError::InvalidRequest(m) => Self::InvalidRequest(m),
-            AuthorizationError::ReturnTo(e) => Self::Invalid {
-                detail: format!("return_to {e}"),
-                errors: vec![broker_domain::FieldError {
-                    field: "return_to".into(),
-                    message: e.to_string(),
-                }],
-            },
-            AuthorizationError::TenantNotFound(id) => Self::TenantNotFound(id),
-            AuthorizationError::Misconfigured(m) => Self::Misconfigured(m),
-            AuthorizationError::Store(e) => e.into(),
-        }
-    }
-}
 
 /// Starts connecting an authorization-code tenant: answers the URL to send a clinic user's
 /// browser to (valid 10 minutes, once).
@@ -58,8 +39,8 @@ pub async fn start(
     caller.require_tenant(id)?;
     let body: StartAuthorization = crate::parse_optional_json(&body.read().await?)?;
     let started = state
-        .broker
-        .start_authorization(id, body.return_to, body.scope)
+        .connect()
+        .start(id, body.return_to, body.scope)
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -96,8 +77,8 @@ pub async fn callback(
 ) -> HttpResponse {
     let q = query.into_inner();
     match state
-        .broker
-        .complete_authorization(
+        .connect()
+        .complete(
             q.state.as_deref(),
             q.code.as_deref(),
             q.error.as_deref(),
@@ -109,7 +90,7 @@ pub async fn callback(
         // URL that is not allowed (or not even a valid header).
         Ok(connected) => match connected
             .return_to
-            .and_then(|to| state.broker.oauth.allowed_return_to.check(&to).ok())
+            .and_then(|to| state.connect().settings().allowed_return_to.check(&to).ok())
         {
             Some(to) => HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, to))

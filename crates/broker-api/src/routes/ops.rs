@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
 use crate::AppState;
-use crate::problem::{ApiError, Problem};
+use crate::problem::ApiError;
 use crate::views::{Health, Ready};
 
 /// The process is up.
@@ -25,7 +25,7 @@ pub async fn healthz() -> HttpResponse {
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let readiness = state.broker.readiness().await?;
+    let readiness = state.operations().readiness().await?;
     if readiness.pending_migrations > 0 {
         return Err(ApiError::Unavailable(format!(
             "{} migration(s) pending; run `provet-broker migrate`",
@@ -40,17 +40,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             readiness.missing_keys.join(", ")
         );
         tracing::error!(missing_keys = %readiness.missing_keys.join(","), "not ready: master key missing");
-        return Ok(HttpResponse::ServiceUnavailable()
-            .content_type("application/problem+json")
-            .json(Problem {
-                kind: "urn:provet-broker:problem:misconfigured".into(),
-                title: "Service Unavailable".into(),
-                status: 503,
-                detail,
-                code: "misconfigured",
-                upstream_error: None,
-                errors: None,
-            }));
+        return Err(ApiError::NotReady(detail));
     }
     Ok(HttpResponse::Ok().json(Ready {
         status: "ready",
@@ -64,7 +54,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.broker.metrics_text())
+        .body(state.operations().metrics_text())
 }
 
 /// This document.

@@ -33,12 +33,7 @@ pub async fn get_tenant(
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let tenant = state
-        .broker
-        .tenant(id)
-        .await?
-        .filter(|t| t.status == broker_domain::TenantStatus::Active)
-        .ok_or(ApiError::TenantNotFound(id))?;
+    let tenant = state.tenant_admin().service_tenant(id).await?;
     Ok(HttpResponse::Ok().json(ServiceTenantView::from(tenant)))
 }
 
@@ -76,7 +71,7 @@ pub async fn token(
     caller.require_tenant(id)?;
     let body: TokenRequestBody = crate::parse_optional_json(&body.read().await?)?;
     let token = state
-        .broker
+        .tokens()
         .token(
             id,
             &TokenRequest {
@@ -88,10 +83,9 @@ pub async fn token(
         )
         .await?;
     state
-        .broker
-        .metrics
+        .metrics()
         .token_served(&caller.0.name, token.source.as_str());
-    let now = state.broker.now();
+    let now = state.clock().now();
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .json(TokenResponse {

@@ -13,6 +13,15 @@ use tokio_util::task::TaskTracker;
 
 use super::{TokenBroker, TokenBrokerError, TokenRequest};
 
+/// When idle grants are refreshed (`oauth.keepalive_*` in the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct KeepAlive {
+    /// Grants not refreshed for this long are refreshed.
+    pub after: Duration,
+    /// How often such grants are looked for.
+    pub interval: Duration,
+}
+
 /// The credential-check queue. `schedule` never waits: when the queue is full, the check
 /// is left to the sweep, which finds every client still `unchecked` in the database.
 pub struct CredentialChecks {
@@ -53,7 +62,7 @@ impl CredentialChecks {
 
     /// Runs checks, `concurrency` at a time, until `stop`; every `sweep` looks for
     /// credentials still unchecked (new on another replica, or not checkable before).
-    pub async fn run(
+    async fn run(
         self: Arc<Self>,
         tokens: Arc<TokenBroker>,
         concurrency: usize,
@@ -105,6 +114,36 @@ impl CredentialChecks {
 }
 
 impl TokenBroker {
+    /// Runs the credential-check queue until `stop`.
+    pub async fn run_credential_checks(self: Arc<Self>, stop: CancellationToken) {
+        let (concurrency, sweep) = (
+            self.settings.verify_concurrency,
+            self.settings.verify_sweep_interval,
+        );
+        self.checks
+            .clone()
+            .run(self.clone(), concurrency, sweep, stop)
+            .await;
+    }
+
+    /// Refreshes idle grants every `keep.interval` until `stop`.
+    pub async fn run_keepalive(self: Arc<Self>, keep: KeepAlive, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(keep.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let before = super::policy::keepalive_cutoff(self.now(), keep.after);
+            match self.keep_grants_alive(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(refreshed = n, "keep-alive refreshed idle grants"),
+                Err(e) => tracing::warn!(error = %e, "keep-alive could not list grants"),
+            }
+        }
+    }
+
     /// The background check: only while the credentials are still unchecked (a token
     /// request may have settled it meanwhile).
     async fn check_if_unchecked(&self, provet_id: i64) -> Result<(), TokenBrokerError> {

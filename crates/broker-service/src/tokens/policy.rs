@@ -122,6 +122,23 @@ pub fn backoff(
     wait.max(StdDuration::from_secs(1))
 }
 
+/// The keep-alive refreshes active grants last refreshed before this instant (or never), so
+/// that refresh tokens, which die after 30 days unused, never expire on an idle clinic.
+pub fn keepalive_cutoff(now: DateTime<Utc>, after: StdDuration) -> DateTime<Utc> {
+    now.checked_sub_signed(to_chrono(after))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Whether a grant is due for the keep-alive (the store selects by this same rule).
+pub fn keepalive_due(
+    active: bool,
+    last_refresh_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    after: StdDuration,
+) -> bool {
+    active && last_refresh_at.is_none_or(|at| at < keepalive_cutoff(now, after))
+}
+
 /// A token's lifetime: `expires_in`; else a JWT's `exp`; else the default. Between one
 /// second and `MAX_TOKEN_LIFETIME`, whatever the provider sent.
 pub fn lifetime(
@@ -359,6 +376,83 @@ mod tests {
             backoff(1, None, StdDuration::ZERO, 0.5),
             StdDuration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn keep_alive_selects_active_grants_idle_longer_than_after() {
+        let after = StdDuration::from_secs(20 * 24 * 3600);
+        let now = t0();
+        let day = Duration::days(1);
+        assert_eq!(keepalive_cutoff(now, after), now - Duration::days(20));
+        // Refreshed 21 days ago: due; 19 days ago: not yet; never: due.
+        assert!(keepalive_due(true, Some(now - day * 21), now, after));
+        assert!(!keepalive_due(true, Some(now - day * 19), now, after));
+        assert!(keepalive_due(true, None, now, after));
+        // Exactly at the cutoff is not yet due (the store's `<`).
+        assert!(!keepalive_due(true, Some(now - day * 20), now, after));
+        // A grant needing reauthorization or revoked is never refreshed.
+        assert!(!keepalive_due(false, None, now, after));
+        // An absurd setting selects nothing rather than overflowing.
+        assert_eq!(
+            keepalive_cutoff(now, StdDuration::MAX),
+            DateTime::<Utc>::MIN_UTC
+        );
+        assert!(!keepalive_due(true, Some(now), now, StdDuration::MAX));
+    }
+
+    #[test]
+    fn a_keep_alive_request_always_refreshes() {
+        // What the keep-alive sends: forced, no min_ttl. A cached token never serves it; only
+        // one obtained after it arrived (another caller's refresh it waited for) does.
+        let s = TokenSettings::default();
+        let arrived = t0() + Duration::seconds(5);
+        let keep = ctx(Mode::ForceRefresh, 0, arrived);
+        let fresh_cached = token(t0(), 36_000);
+        assert!(!serve_from_memory(
+            &fresh_cached,
+            arrived,
+            &keep,
+            arrived,
+            &s
+        ));
+        assert!(!will_do(&fresh_cached, &keep, arrived, &s));
+        assert!(will_do(&token(arrived, 36_000), &keep, arrived, &s));
+        // And it is never answered with a stale token when the provider fails.
+        assert!(!serve_stale(Some(&fresh_cached), &keep, arrived));
+    }
+
+    #[test]
+    fn backoff_grows_until_max_for_every_jitter() {
+        let max = StdDuration::from_secs(60);
+        for jitter in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let waits: Vec<_> = (1..=8).map(|n| backoff(n, None, max, jitter)).collect();
+            assert!(
+                waits.windows(2).all(|w| w[0] <= w[1]),
+                "{jitter}: {waits:?}"
+            );
+            assert!(waits.iter().all(|w| *w <= max.mul_f64(1.2)));
+            // Jitter spreads by at most ±20 %.
+            let base = StdDuration::from_secs(8);
+            let third = backoff(4, None, max, jitter);
+            assert!(third >= base.mul_f64(0.8) && third <= base.mul_f64(1.2));
+        }
+    }
+
+    #[test]
+    fn min_ttl_decides_freshness_over_a_skew_clamped_to_short_lifetimes() {
+        let s = TokenSettings::default();
+        // A 40 s token: the 60 s skew would refresh it at once; clamped to 10 s it serves
+        // for 30 s.
+        let t = token(t0(), 40);
+        let c = ctx(Mode::Cached, 0, t0());
+        assert!(usable(&t, &c, t0() + Duration::seconds(30), &s));
+        assert!(!usable(&t, &c, t0() + Duration::seconds(31), &s));
+        // A caller wanting 35 s left refuses it almost at once.
+        let long = ctx(Mode::Cached, 35, t0());
+        assert!(usable(&t, &long, t0() + Duration::seconds(5), &s));
+        assert!(!usable(&t, &long, t0() + Duration::seconds(6), &s));
+        // An expired token is never usable, whatever min_ttl.
+        assert!(!usable(&t, &c, t0() + Duration::seconds(41), &s));
     }
 
     #[test]

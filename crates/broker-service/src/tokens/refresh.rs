@@ -4,13 +4,14 @@
 //! held; the rotated refresh token and the new access token are committed, with a
 //! compare-and-set on the refresh token that was used, before anyone gets the token.
 
-use broker_domain::GrantState;
 use broker_oauth::token::{self as oauth, TokenError};
-use broker_store::{StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use broker_store::{GrantRecord, StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
+use super::lease::Turn;
 use super::policy::RequestContext;
-use super::{BrokeredToken, Source, TokenBroker, TokenBrokerError, Turn, answer, reconnect};
+use super::{BrokeredToken, Source, TokenBroker, TokenBrokerError, answer, reconnect};
 
 enum RefreshFailure {
     /// The grant cannot be used any more: a clinic user must connect again.
@@ -77,17 +78,17 @@ impl TokenBroker {
                 .grants()
                 .grant(key.provet_id, &key.client_id, Some(&key.subject))
                 .await?
-                .filter(|g| g.state.is_active())
+                .filter(|g| g.state == broker_domain::GrantState::Active)
                 .ok_or_else(|| RefreshFailure::GrantLost("the grant is no longer active".into()))?;
             let Some(refresh_token) = grant.refresh_token.clone() else {
                 return Err(RefreshFailure::GrantLost(
                     "the provider gave no refresh token".into(),
                 ));
             };
-            let started = tokio::time::Instant::now();
+            let started = self.clock.instant();
             let result = oauth::refresh(
                 &self.upstream,
-                &crate::authorizations::token_client(client),
+                &super::token_client(client),
                 &refresh_token,
                 &grant.scope,
             )
@@ -95,33 +96,14 @@ impl TokenBroker {
             let now = self.now();
             match result {
                 Ok(issued) => {
-                    self.metrics.upstream_token_request("ok", started.elapsed());
+                    self.metrics
+                        .upstream_token_request("ok", self.clock.since(started));
                     self.metrics.refresh(if retried { "retried" } else { "ok" });
-                    let token = self.stored_token(&issued, now);
-                    let saved = self
-                        .store
-                        .grants()
-                        .save_refreshed_grant(
-                            &grant,
-                            issued.refresh_token.as_ref(),
-                            key,
-                            &token,
-                            Some(lease),
-                            now,
-                        )
-                        .await?;
-                    if saved {
-                        tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
-                    } else {
-                        // Someone rotated the grant while our lease ran out; theirs is the
-                        // one stored. Our access token is still good to hand out.
-                        tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "the grant was rotated elsewhere during this refresh; kept the other rotation");
-                    }
-                    return Ok(token);
+                    return self.save_refresh(&grant, &issued, key, lease, now).await;
                 }
                 Err(e) if e.is_invalid_grant() => {
                     self.metrics
-                        .upstream_token_request("rejected", started.elapsed());
+                        .upstream_token_request("rejected", self.clock.since(started));
                     let current = self
                         .store
                         .grants()
@@ -140,29 +122,72 @@ impl TokenBroker {
                         continue;
                     }
                     self.metrics.refresh("invalid_grant");
-                    let detail = format!("the provider answered {e}");
-                    self.store
-                        .grants()
-                        .set_grant_state(
-                            key.provet_id,
-                            &key.client_id,
-                            &key.subject,
-                            GrantState::ReauthorizationRequired,
-                            Some(&detail),
-                            now,
-                        )
-                        .await?;
-                    tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
-                    return Err(RefreshFailure::GrantLost(detail));
+                    return Err(self.grant_lost(key, &e, now).await?);
                 }
                 Err(e) => {
-                    let outcome = super::error_outcome(&e);
+                    let outcome = super::client_credentials::error_outcome(&e);
                     self.metrics
-                        .upstream_token_request(outcome, started.elapsed());
+                        .upstream_token_request(outcome, self.clock.since(started));
                     self.metrics.refresh(outcome);
                     return Err(RefreshFailure::Token(e));
                 }
             }
         }
+    }
+
+    /// Commits the rotated refresh token and the new access token (a compare-and-set on the
+    /// refresh token used).
+    async fn save_refresh(
+        &self,
+        grant: &GrantRecord,
+        issued: &oauth::IssuedToken,
+        key: &TokenKey,
+        lease: &TokenLease,
+        now: DateTime<Utc>,
+    ) -> Result<StoredToken, RefreshFailure> {
+        let token = self.stored_token(issued, now);
+        let saved = self
+            .store
+            .grants()
+            .save_refreshed_grant(
+                grant,
+                issued.refresh_token.as_ref(),
+                key,
+                &token,
+                Some(lease),
+                now,
+            )
+            .await?;
+        if saved {
+            tracing::info!(provet_id = key.provet_id, subject = %key.subject, "refreshed a grant");
+        } else {
+            // Someone rotated the grant while our lease ran out; theirs is the one stored.
+            // Our access token is still good to hand out.
+            tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "the grant was rotated elsewhere during this refresh; kept the other rotation");
+        }
+        Ok(token)
+    }
+
+    /// The provider refused the grant for good: a clinic user must connect again.
+    async fn grant_lost(
+        &self,
+        key: &TokenKey,
+        error: &TokenError,
+        now: DateTime<Utc>,
+    ) -> Result<RefreshFailure, StoreError> {
+        let detail = format!("the provider answered {error}");
+        self.store
+            .grants()
+            .set_grant_state(
+                key.provet_id,
+                &key.client_id,
+                &key.subject,
+                broker_domain::GrantState::ReauthorizationRequired,
+                Some(&detail),
+                now,
+            )
+            .await?;
+        tracing::warn!(provet_id = key.provet_id, subject = %key.subject, "grant lost: reauthorization required");
+        Ok(RefreshFailure::GrantLost(detail))
     }
 }

@@ -62,6 +62,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/admin/tenants", web::get().to(admin::list_tenants))
     .route(
+        "/admin/tenants",
+        web::post().to(routes::registration::register),
+    )
+    .route("/v1/tenants", web::get().to(routes::feed::list_tenants))
+    .route("/v1/events", web::get().to(routes::feed::events))
+    .route(
         "/admin/tenants/{provet_id}/verify",
         web::post().to(admin::verify_tenant),
     )

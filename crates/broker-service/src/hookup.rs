@@ -223,24 +223,7 @@ impl Broker {
             .await
         {
             Ok(outcome) => {
-                self.metrics.hookup(outcome.as_str());
-                if outcome != HookupOutcome::Unchanged {
-                    // New credentials: nothing cached for the old ones may be served.
-                    self.tokens.forget(msg.provet_id.get());
-                    if msg.openid_autodiscovery_url.is_some() {
-                        self.discovery.wake.notify_one();
-                    }
-                    if msg.grant_type == broker_domain::GrantType::ClientCredentials
-                        && self.tokens.settings.verify_on_hookup
-                    {
-                        self.credential_checks.schedule(msg.provet_id.get());
-                    }
-                }
-                tracing::info!(
-                    outcome = outcome.as_str(),
-                    grant_type = msg.grant_type.as_str(),
-                    "hookup stored"
-                );
+                self.hookup_stored(&msg, outcome);
                 Ok(HookupReceipt {
                     provet_id: msg.provet_id.get(),
                     client_id: msg.client_id,
@@ -256,6 +239,29 @@ impl Broker {
                 Err(err.into())
             }
         }
+    }
+
+    /// What follows a stored message, whatever its source: metrics, the in-memory token
+    /// cache, discovery and the credential check.
+    pub(crate) fn hookup_stored(&self, msg: &HookupMessage, outcome: HookupOutcome) {
+        self.metrics.hookup(outcome.as_str());
+        if outcome != HookupOutcome::Unchanged {
+            // New credentials: nothing cached for the old ones may be served.
+            self.tokens.forget(msg.provet_id.get());
+            if msg.openid_autodiscovery_url.is_some() {
+                self.discovery.wake.notify_one();
+            }
+            if msg.grant_type == broker_domain::GrantType::ClientCredentials
+                && self.tokens.settings.verify_on_hookup
+            {
+                self.credential_checks.schedule(msg.provet_id.get());
+            }
+        }
+        tracing::info!(
+            outcome = outcome.as_str(),
+            grant_type = msg.grant_type.as_str(),
+            "hookup stored"
+        );
     }
 
     /// Keeps a trace of a rejected delivery (its digest and field errors; never the body)

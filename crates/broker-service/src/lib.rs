@@ -5,8 +5,11 @@ pub mod api_keys;
 pub mod authorizations;
 pub mod clock;
 pub mod discovery;
+pub mod events;
 pub mod hookup;
 pub mod metrics;
+pub mod registration;
+pub mod service_tenants;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use broker_domain::UrlPolicy;
 use broker_store::Store;
 
+pub use broker_store::events::{EventCursor, EventRecord};
 pub use broker_store::{
     ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, HookupOutcome, Readiness,
     RerunFilter, StoreError, TenantFilter, TenantRecord,
@@ -38,6 +42,8 @@ pub struct Broker {
     pub oauth: Arc<authorizations::OAuthSettings>,
     /// Background work started by requests (credential checks); joined on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The event feed and its pruning.
+    pub events: Arc<events::EventFeed>,
 }
 
 impl Broker {
@@ -85,6 +91,8 @@ impl Broker {
         self.metrics
             .cached_tokens
             .set(i64::try_from(self.tokens.cached_tokens()).unwrap_or(i64::MAX));
+        self.metrics
+            .events_written_totals(self.store.event_tap().written());
         self.metrics.render()
     }
 

@@ -208,8 +208,32 @@ impl Store {
             .filter(discovery::Column::ProvetId.eq(job.provet_id))
             .filter(discovery::Column::LeaseOwner.eq(owner))
             .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()));
-        let _writer = self.sqlite_write_lock().await;
-        Ok(update.exec(&self.db).await?.rows_affected == 1)
+        let w = self.begin_write().await?;
+        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
+        let before = discovery::Entity::find_by_id(job.provet_id)
+            .one(&w.tx)
+            .await?;
+        let updated = update.exec(&w.tx).await?.rows_affected == 1;
+        let event = before.filter(|_| updated).and_then(|d| {
+            crate::state_events::discovery_event(&d.state, "ok").map(|t| (t, d.last_error))
+        });
+        if let Some((event_type, last_error)) = &event {
+            crate::events::append(
+                &w.tx,
+                &crate::events::NewEvent::new(
+                    job.provet_id,
+                    *event_type,
+                    serde_json::json!({ "last_error": last_error }),
+                    now,
+                ),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        if let Some((event_type, _)) = event {
+            self.published(&[event_type]);
+        }
+        Ok(updated)
     }
 
     /// Records a failed run (metadata from an earlier success is kept) and releases the lease.
@@ -225,6 +249,7 @@ impl Store {
             return Ok(None);
         };
         let attempts = row.attempts.saturating_add(1);
+        let event = crate::state_events::discovery_event(&row.state, "failed");
         let mut row = row.into_active_model();
         row.state = Set("failed".into());
         row.last_error = Set(Some(error.to_owned()));
@@ -233,8 +258,23 @@ impl Store {
         row.next_due_at = Set(next_due(attempts));
         row.lease_owner = Set(None);
         row.lease_expires_at = Set(None);
-        let _writer = self.sqlite_write_lock().await;
-        row.update(&self.db).await?;
+        let w = self.begin_write().await?;
+        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
+        row.update(&w.tx).await?;
+        if let Some(event_type) = event {
+            crate::events::append(
+                &w.tx,
+                &crate::events::NewEvent::new(
+                    job.provet_id,
+                    event_type,
+                    serde_json::json!({ "last_error": error }),
+                    now,
+                ),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        self.published(event.as_slice());
         Ok(Some(attempts))
     }
 

@@ -4,9 +4,13 @@
 pub mod crypto;
 mod discovery_repo;
 mod entity;
+pub mod events;
 mod grant_repo;
+mod hookup_events;
 mod records;
 mod repo;
+mod service_tenants;
+mod state_events;
 mod token_repo;
 
 pub use token_repo::{LeaseAttempt, TokenLease};
@@ -25,6 +29,7 @@ use tokio::sync::Mutex;
 
 pub use crypto::{CryptoError, Keyring, MasterKey};
 pub use records::*;
+pub use service_tenants::ServiceTenantQuery;
 
 /// Everything that can go wrong in storage. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,8 @@ pub struct Store {
     sqlite_writer: Option<Arc<Mutex<()>>>,
     /// The last answer of `missing_key_ids`, for readiness probes.
     key_check: Arc<std::sync::Mutex<Option<KeyCheck>>>,
+    /// Events this process committed: long polls wait on it.
+    event_tap: Arc<events::EventTap>,
 }
 
 /// Every column that holds sealed values, by table.
@@ -159,6 +166,7 @@ impl Store {
             cache_db,
             keyring,
             key_check: Arc::new(std::sync::Mutex::new(None)),
+            event_tap: Arc::default(),
         })
     }
 

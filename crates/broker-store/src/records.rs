@@ -78,6 +78,8 @@ pub struct DeliveryRecord {
     pub outcome: String,
     pub payload: Option<Value>,
     pub errors: Option<Value>,
+    /// Where the message came from: `hookup`, `admin` or `cli`.
+    pub source: String,
 }
 
 /// An API key as listed: never the key itself.

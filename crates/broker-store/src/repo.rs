@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use broker_domain::{FieldError, HookupMessage};
+use broker_domain::{DeliverySource, EventType, FieldError, HookupMessage};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{
@@ -18,6 +18,8 @@ use crate::entity::{
     api_key, authorization, client, department, discovery, grant, hookup_delivery, setting, tenant,
     token,
 };
+use crate::events::{NewEvent, append};
+use crate::hookup_events::{self, HookupChange};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
@@ -74,7 +76,18 @@ impl Store {
         msg: &HookupMessage,
         now: DateTime<Utc>,
     ) -> Result<HookupOutcome> {
-        let mut outcomes = self.apply_hookups(&[msg], now).await?;
+        self.apply_hookup_from(msg, DeliverySource::Hookup, now)
+            .await
+    }
+
+    /// `apply_hookup` for a message from `source` (an operator, the command line).
+    pub async fn apply_hookup_from(
+        &self,
+        msg: &HookupMessage,
+        source: DeliverySource,
+        now: DateTime<Utc>,
+    ) -> Result<HookupOutcome> {
+        let mut outcomes = self.apply_hookups_from(&[msg], source, now).await?;
         outcomes
             .pop()
             .ok_or_else(|| StoreError::Corrupt("no outcome for a stored hookup".into()))
@@ -89,12 +102,26 @@ impl Store {
         msgs: &[&HookupMessage],
         now: DateTime<Utc>,
     ) -> Result<Vec<HookupOutcome>> {
+        self.apply_hookups_from(msgs, DeliverySource::Hookup, now)
+            .await
+    }
+
+    /// `apply_hookups` for messages from `source`; their events are written in the same
+    /// transaction.
+    pub async fn apply_hookups_from(
+        &self,
+        msgs: &[&HookupMessage],
+        source: DeliverySource,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HookupOutcome>> {
         let w = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(msgs.len());
+        let mut written = Vec::new();
         for msg in msgs {
-            outcomes.push(self.apply_in(&w.tx, msg, now).await?);
+            outcomes.push(self.apply_in(&w.tx, msg, source, now, &mut written).await?);
         }
         w.tx.commit().await?;
+        self.published(&written);
         Ok(outcomes)
     }
 
@@ -102,7 +129,9 @@ impl Store {
         &self,
         tx: &DatabaseTransaction,
         msg: &HookupMessage,
+        source: DeliverySource,
         now: DateTime<Utc>,
+        written: &mut Vec<EventType>,
     ) -> Result<HookupOutcome> {
         let provet_id = msg.provet_id.get();
 
@@ -130,7 +159,7 @@ impl Store {
             == 1;
         if inserted {
             // A new tenant (the go-live burst): nothing to read, compare or revoke.
-            return self.register_in(tx, msg, now).await;
+            return self.register_in(tx, msg, source, now, written).await;
         }
         let mut select = tenant::Entity::find_by_id(provet_id);
         if self.is_postgres() {
@@ -169,6 +198,11 @@ impl Store {
             HookupOutcome::Unchanged
         };
 
+        let changed_fields = if client_changed && !reactivated {
+            self.changed_client_fields(current.as_ref(), msg)?
+        } else {
+            Vec::new()
+        };
         if client_changed {
             self.store_client(tx, current, msg, now, false).await?;
             // Tokens of the old credentials are of no use any more, nor are grants of a
@@ -211,7 +245,14 @@ impl Store {
             t.updated_at = Set(now);
             t.update(tx).await?;
         }
-        record_delivery(tx, msg, outcome, now).await?;
+        let change = HookupChange {
+            outcome,
+            changed: &changed_fields,
+            departments_before: &current_departments,
+            departments_after: &next_departments,
+        };
+        written.extend(hookup_events::record(tx, msg, &change, now).await?);
+        record_delivery(tx, msg, outcome, source, now).await?;
         Ok(outcome)
     }
 
@@ -221,7 +262,9 @@ impl Store {
         &self,
         tx: &DatabaseTransaction,
         msg: &HookupMessage,
+        source: DeliverySource,
         now: DateTime<Utc>,
+        written: &mut Vec<EventType>,
     ) -> Result<HookupOutcome> {
         let provet_id = msg.provet_id.get();
         self.store_client(tx, None, msg, now, true).await?;
@@ -233,7 +276,14 @@ impl Store {
         if !departments.is_empty() {
             replace_departments(tx, provet_id, &BTreeSet::new(), &departments, now).await?;
         }
-        record_delivery(tx, msg, HookupOutcome::Registered, now).await?;
+        let change = HookupChange {
+            outcome: HookupOutcome::Registered,
+            changed: &[],
+            departments_before: &BTreeSet::new(),
+            departments_after: &departments,
+        };
+        written.extend(hookup_events::record(tx, msg, &change, now).await?);
+        record_delivery(tx, msg, HookupOutcome::Registered, source, now).await?;
         Ok(HookupOutcome::Registered)
     }
 
@@ -346,6 +396,7 @@ impl Store {
             outcome: Set("rejected".into()),
             payload: Set(None),
             errors: Set(Some(errors)),
+            source: Set(DeliverySource::Hookup.as_str().into()),
         }
         .insert(&self.db)
         .await?;
@@ -393,7 +444,7 @@ impl Store {
         self.assemble(rows).await
     }
 
-    async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {
+    pub(crate) async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {
         let ids: Vec<i64> = tenants.iter().map(|t| t.provet_id).collect();
         let clients = client::Entity::find()
             .filter(client::Column::ProvetId.is_in(ids.clone()))
@@ -480,6 +531,7 @@ impl Store {
                 outcome: d.outcome,
                 payload: d.payload.and_then(|p| serde_json::from_str(&p).ok()),
                 errors: d.errors.and_then(|e| serde_json::from_str(&e).ok()),
+                source: d.source,
             })
             .collect())
     }
@@ -531,6 +583,16 @@ impl Store {
             t.removed_at = Set(Some(now));
             t.updated_at = Set(now);
             t.update(&w.tx).await?;
+            let removed = NewEvent::new(
+                provet_id,
+                EventType::TenantRemoved,
+                Value::Object(Default::default()),
+                now,
+            );
+            append(&w.tx, &removed).await?;
+            w.tx.commit().await?;
+            self.published(&[EventType::TenantRemoved]);
+            return Ok(true);
         }
         w.tx.commit().await?;
         Ok(true)
@@ -800,6 +862,7 @@ async fn record_delivery(
     tx: &DatabaseTransaction,
     msg: &HookupMessage,
     outcome: HookupOutcome,
+    source: DeliverySource,
     now: DateTime<Utc>,
 ) -> Result<()> {
     hookup_delivery::ActiveModel {
@@ -811,6 +874,7 @@ async fn record_delivery(
         outcome: Set(outcome.as_str().into()),
         payload: Set(Some(msg.redacted_json().to_string())),
         errors: Set(None),
+        source: Set(source.as_str().into()),
     }
     .insert(tx)
     .await?;

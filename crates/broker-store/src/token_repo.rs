@@ -126,7 +126,8 @@ impl Store {
             .collect())
     }
 
-    /// Records whether the provider accepted the client's credentials.
+    /// Records whether the provider accepted the client's credentials; a change of state
+    /// writes its event in the same transaction.
     pub async fn set_credentials_state(
         &self,
         provet_id: i64,
@@ -136,6 +137,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let _writer = self.sqlite_write_lock().await;
+        let tx = self.cache_db.begin().await?;
+        crate::events::lock_tenant(&tx, provet_id).await?;
+        let transition =
+            crate::state_events::credentials_transition(&tx, provet_id, client_id, state).await?;
         client::Entity::update_many()
             .col_expr(client::Column::CredentialsState, state.into())
             .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
@@ -145,8 +150,13 @@ impl Store {
             )
             .filter(client::Column::ProvetId.eq(provet_id))
             .filter(client::Column::ClientId.eq(client_id))
-            .exec(&self.cache_db)
+            .exec(&tx)
             .await?;
+        let written =
+            crate::state_events::credentials_changed(&tx, provet_id, transition, error, now)
+                .await?;
+        tx.commit().await?;
+        self.published(&written);
         Ok(())
     }
 
@@ -200,11 +210,26 @@ impl Store {
         let row = self.token_row(key, token);
         let _writer = self.sqlite_write_lock().await;
         let tx = self.cache_db.begin().await?;
+        let mut transition = None;
+        if credentials_ok.is_some() {
+            crate::events::lock_tenant(&tx, key.provet_id).await?;
+            transition = crate::state_events::credentials_transition(
+                &tx,
+                key.provet_id,
+                &key.client_id,
+                "ok",
+            )
+            .await?;
+        }
         token::Entity::insert(row)
             .on_conflict(token_upsert())
             .exec_without_returning(&tx)
             .await?;
+        let mut written = Vec::new();
         if let Some(now) = credentials_ok {
+            written =
+                crate::state_events::credentials_changed(&tx, key.provet_id, transition, None, now)
+                    .await?;
             client::Entity::update_many()
                 .col_expr(client::Column::CredentialsState, "ok".into())
                 .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
@@ -221,6 +246,7 @@ impl Store {
             release(&tx, lease).await?;
         }
         tx.commit().await?;
+        self.published(&written);
         Ok(())
     }
 

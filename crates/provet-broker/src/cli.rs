@@ -93,6 +93,13 @@ pub enum TenantsCommand {
     },
     /// Show one tenant as JSON.
     Show { provet_id: ProvetId },
+    /// Register a tenant from a hookup message (credentials Provet delivered by email):
+    /// validated and stored exactly as a hookup. Prints the receipt as JSON.
+    Add {
+        /// The message; without it, read from stdin.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -227,6 +234,9 @@ impl Cli {
                             }
                             after = Some(last);
                         }
+                    }
+                    TenantsCommand::Add { file } => {
+                        crate::tenants_add::run(&broker, file.as_deref()).await?;
                     }
                     TenantsCommand::Show { provet_id } => {
                         let tenant = broker

@@ -221,6 +221,10 @@ pub fn broker(
         api_key_cache: Arc::new(ApiKeyCache::new(settings.server.api_key_cache_ttl)),
         oauth: Arc::new(settings.oauth.to_service(&settings.server.public_url)?),
         tasks: TaskTracker::new(),
+        events: Arc::new(broker_service::events::EventFeed::new(
+            store.clone(),
+            settings.events.to_service(),
+        )),
         store,
         policy,
         hookup_secrets: Arc::new(hookup_secrets),
@@ -327,6 +331,12 @@ impl Application {
         tasks.spawn(broker.clone().run_keepalive(stop.child_token()));
         tasks.spawn(broker.clone().run_credential_checks(stop.child_token()));
         tasks.spawn(broker.clone().run_hookup_writer(stop.child_token()));
+        tasks.spawn(
+            broker
+                .events
+                .clone()
+                .run_pruner(broker.clock.clone(), stop.child_token()),
+        );
         if settings.discovery.enabled {
             tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
         } else {

@@ -69,7 +69,15 @@ pub async fn receive(
     let body = tokio::time::timeout(state.body_timeout, read)
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    match state.broker.receive_hookup(&body).await {
+    hookup_answer(state.broker.receive_hookup(&body).await)
+}
+
+/// The answer to a hookup message, wherever it came from (Provet, or an operator through
+/// `POST /admin/tenants`).
+pub(crate) fn hookup_answer(
+    result: Result<broker_service::hookup::HookupReceipt, HookupError>,
+) -> Result<HttpResponse, ApiError> {
+    match result {
         Ok(receipt) => Ok(HttpResponse::Ok().json(HookupReceiptView {
             provet_id: receipt.provet_id,
             client_id: receipt.client_id,
@@ -94,7 +102,7 @@ pub async fn receive(
 }
 
 /// `application/json` or any `+json` type, parameters (charset) allowed.
-fn is_json(req: &HttpRequest) -> bool {
+pub(crate) fn is_json(req: &HttpRequest) -> bool {
     let Some(value) = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -14,6 +14,8 @@ pub struct Model {
     pub outcome: String,
     pub payload: Option<String>,
     pub errors: Option<String>,
+    /// `hookup`, `admin` or `cli`.
+    pub source: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

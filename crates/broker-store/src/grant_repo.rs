@@ -126,7 +126,7 @@ impl Store {
             )
         });
         let _writer = self.sqlite_write_lock().await;
-        let tx = self.db.begin().await?;
+        let tx = crate::events::begin_immediate(&self.db).await?;
         crate::events::lock_tenant(&tx, provet_id).await?;
         let mut update = vec![
             grant::Column::Scope,
@@ -303,7 +303,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let _writer = self.sqlite_write_lock().await;
-        let tx = self.db.begin().await?;
+        let tx = crate::events::begin_immediate(&self.db).await?;
         crate::events::lock_tenant(&tx, provet_id).await?;
         let before =
             grant::Entity::find_by_id((provet_id, client_id.to_owned(), subject.to_owned()))

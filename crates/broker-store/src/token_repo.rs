@@ -137,7 +137,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let _writer = self.sqlite_write_lock().await;
-        let tx = self.cache_db.begin().await?;
+        let tx = crate::events::begin_immediate(&self.cache_db).await?;
         crate::events::lock_tenant(&tx, provet_id).await?;
         let transition =
             crate::state_events::credentials_transition(&tx, provet_id, client_id, state).await?;
@@ -209,7 +209,7 @@ impl Store {
     ) -> Result<()> {
         let row = self.token_row(key, token);
         let _writer = self.sqlite_write_lock().await;
-        let tx = self.cache_db.begin().await?;
+        let tx = crate::events::begin_immediate(&self.cache_db).await?;
         let mut transition = None;
         if credentials_ok.is_some() {
             crate::events::lock_tenant(&tx, key.provet_id).await?;

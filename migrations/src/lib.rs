@@ -10,6 +10,7 @@ mod m20261128_000004_create_grants;
 mod m20261201_000001_create_token_leases;
 mod m20261201_090000_add_delivery_source;
 mod m20261201_100000_check_states;
+mod m20261201_200000_create_events;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_create_token_leases::Migration),
             Box::new(m20261201_090000_add_delivery_source::Migration),
             Box::new(m20261201_100000_check_states::Migration),
+            Box::new(m20261201_200000_create_events::Migration),
         ]
     }
 }

@@ -575,3 +575,32 @@ pub fn query_param(url: &Value, name: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| panic!("no `{name}` in {url}"))
 }
+
+impl Daemon {
+    /// Runs a CLI command with `input` on its stdin; returns (success, stdout, stderr).
+    pub fn cli_with_stdin(&self, args: &[&str], input: &[u8]) -> (bool, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .env_remove("RUST_LOG")
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run provet-broker");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        let output = child.wait_with_output().expect("wait");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! `lib.rs` the route table (`configure`), `AppState` with one accessor per use case, and the
 //! request-metrics middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
-//! `service.rs` tenants and tokens for services, `oauth.rs` the connect flow, `admin.rs`
+//! `service.rs` tenants and tokens for services, `feed.rs` the tenant list and event feed
+//! services follow, `registration.rs` tenants entered by hand, `oauth.rs` the connect flow, `admin.rs`
 //! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
 //! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
 //! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
@@ -24,8 +25,8 @@ use std::sync::Arc;
 
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, TenantAdmin,
-    TokenBroker,
+    ApiKeys, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
+    TenantAdmin, TokenBroker,
 };
 use tracing::Instrument;
 
@@ -41,6 +42,7 @@ pub struct UseCases {
     pub tenant_admin: Arc<TenantAdmin>,
     pub api_keys: Arc<ApiKeys>,
     pub operations: Arc<Operations>,
+    pub events: Arc<EventFeed>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
 }
@@ -97,6 +99,11 @@ impl AppState {
         &self.use_cases.operations
     }
 
+    /// `GET /v1/events`.
+    pub fn events(&self) -> &EventFeed {
+        &self.use_cases.events
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.use_cases.metrics
     }
@@ -146,6 +153,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::delete().to(admin::revoke_grant),
     )
     .route("/admin/tenants", web::get().to(admin::list_tenants))
+    .route(
+        "/admin/tenants",
+        web::post().to(routes::registration::register),
+    )
+    .route("/v1/tenants", web::get().to(routes::feed::list_tenants))
+    .route("/v1/events", web::get().to(routes::feed::events))
     .route(
         "/admin/tenants/{provet_id}/verify",
         web::post().to(admin::verify_tenant),

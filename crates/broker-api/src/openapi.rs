@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, hookup, oauth, ops, service};
+use crate::routes::{admin, feed, hookup, oauth, ops, registration, service};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,9 @@ use crate::routes::{admin, hookup, oauth, ops, service};
     paths(
         hookup::receive,
         service::get_tenant,
+        feed::list_tenants,
+        feed::events,
+        registration::register,
         service::token,
         oauth::start,
         oauth::callback,

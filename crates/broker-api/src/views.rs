@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use broker_domain::{
-    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DiscoveryState, GrantState,
-    GrantType, HookupOutcome, SigningAlgorithm, TenantStatus,
+    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState,
+    GrantState, GrantType, HookupOutcome, SigningAlgorithm, TenantStatus,
 };
 use broker_service::tenants::ServiceTenant;
 use broker_service::{ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, TenantRecord};
@@ -24,6 +24,10 @@ pub struct TenantView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub removed_at: Option<DateTime<Utc>>,
+    /// Where this tenant's hookup deliveries are listed (`GET`, admin key).
+    pub events_url: String,
+    /// Where services follow this tenant's events (`GET /v1/events`, scoped by key).
+    pub feed_url: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -166,6 +170,8 @@ impl From<TenantRecord> for TenantView {
             created_at: t.created_at,
             updated_at: t.updated_at,
             removed_at: t.removed_at,
+            events_url: format!("/admin/tenants/{}/events", t.provet_id),
+            feed_url: "/v1/events".to_owned(),
         }
     }
 }
@@ -209,6 +215,9 @@ pub struct EventView {
     pub payload: Option<serde_json::Value>,
     #[schema(value_type = Option<Vec<Object>>)]
     pub errors: Option<serde_json::Value>,
+    /// Where the message came from: `hookup` (Provet), `admin` (`POST /admin/tenants`) or
+    /// `cli` (`provet-broker tenants add`).
+    pub source: DeliverySource,
 }
 
 impl From<DeliveryRecord> for EventView {
@@ -222,6 +231,7 @@ impl From<DeliveryRecord> for EventView {
             outcome: d.outcome,
             payload: d.payload,
             errors: d.errors,
+            source: d.source,
         }
     }
 }
@@ -239,6 +249,16 @@ pub struct HookupReceiptView {
     pub provet_id: i64,
     pub client_id: String,
     pub status: HookupOutcome,
+}
+
+impl From<broker_service::hookup::HookupReceipt> for HookupReceiptView {
+    fn from(r: broker_service::hookup::HookupReceipt) -> Self {
+        Self {
+            provet_id: r.provet_id,
+            client_id: r.client_id,
+            status: r.outcome,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -324,6 +344,9 @@ pub struct ServiceTenantView {
     pub discovery: DiscoveryState,
     /// Whether the broker holds something it can get a token with.
     pub usable_grant: bool,
+    /// The tenant's Provet REST API root: `token_url`'s origin plus `/{provet_id}/api/0.1/`.
+    pub api_base_url: Option<String>,
+    pub updated_at: DateTime<Utc>,
 }
 
 impl From<ServiceTenant> for ServiceTenantView {
@@ -331,6 +354,11 @@ impl From<ServiceTenant> for ServiceTenantView {
         let usable_grant = t.usable_grant;
         let view = TenantView::from(t.tenant);
         Self {
+            api_base_url: view
+                .client
+                .as_ref()
+                .and_then(|c| broker_domain::api_base_url(&c.token_url, view.provet_id)),
+            updated_at: view.updated_at,
             provet_id: view.provet_id,
             status: view.status,
             grant_type: view.client.as_ref().map(|c| c.grant_type),

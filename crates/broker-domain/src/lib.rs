@@ -10,12 +10,14 @@
 //! - `tenant.rs`: `ProvetId`.
 //! - `hosts.rs`: which upstream hosts and URLs are acceptable.
 
+pub mod events;
 pub mod hookup;
 pub mod hookup_decision;
 pub mod hosts;
 pub mod states;
 pub mod tenant;
 
+pub use events::{EventType, api_base_url};
 pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError, Rejected};
 pub use hookup_decision::{HookupDecision, StoredClient, StoredTenant, decide_hookup};
 pub use hosts::{HostAllowlist, UrlPolicy};

@@ -10,6 +10,7 @@
 //! | OpenID Connect metadata and JWKS | `Discovery` | `discovery.rs` |
 //! | operators look at and manage tenants | `TenantAdmin` | `tenants.rs` |
 //! | API keys | `ApiKeys` | `api_keys.rs` |
+//! | the event feed services follow | `EventFeed` | `events.rs` |
 //! | readiness and metrics | `Operations` (metrics in `metrics.rs`) | `operations.rs` |
 //!
 //! `clock.rs` holds the one wall clock every use case reads time from.
@@ -18,6 +19,7 @@ pub mod api_keys;
 pub mod clock;
 pub mod connect;
 pub mod discovery;
+pub mod events;
 pub mod hookup;
 pub mod metrics;
 pub mod operations;
@@ -25,6 +27,8 @@ pub mod tenants;
 pub mod tokens;
 
 pub use api_keys::ApiKeys;
+pub use broker_store::ServiceTenantQuery;
+pub use broker_store::events::{EventCursor, EventRecord};
 pub use broker_store::{
     ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, HookupOutcome, Readiness,
     RerunFilter, StoreError, TenantFilter, TenantRecord,
@@ -32,6 +36,7 @@ pub use broker_store::{
 pub use clock::{Clock, SystemClock};
 pub use connect::ConnectFlow;
 pub use discovery::Discovery;
+pub use events::EventFeed;
 pub use hookup::HookupIntake;
 pub use metrics::Metrics;
 pub use operations::Operations;

@@ -143,6 +143,10 @@ pub struct Metrics {
     pub db_pool: Family<PoolLabels, Gauge>,
     pub queue_depth: Family<QueueLabels, Gauge>,
     pub cached_tokens: Gauge,
+    /// Events committed by this process, by type (synced from the store's tap at render).
+    pub events_written: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// One sync of `events_written` at a time (two renders at once would both add).
+    events_sync: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -155,6 +159,12 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("broker");
         let hookups = Family::<OutcomeLabels, Counter>::default();
+        let events_written = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "events_written",
+            "Events committed to the outbox by this process, by type",
+            events_written.clone(),
+        );
         registry.register(
             "hookups",
             "Hookup deliveries by outcome (registered, updated, unchanged, rejected, failed)",
@@ -270,6 +280,27 @@ impl Metrics {
             db_pool,
             queue_depth,
             cached_tokens,
+            events_written,
+            events_sync: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Brings `broker_events_written_total` up to the totals counted where events commit.
+    pub fn events_written_totals(
+        &self,
+        totals: impl Iterator<Item = (broker_domain::EventType, u64)>,
+    ) {
+        let Ok(_one_at_a_time) = self.events_sync.lock() else {
+            return;
+        };
+        for (event_type, total) in totals {
+            let counter = self
+                .events_written
+                .get_or_create(&vec![("type", event_type.as_str())]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 

@@ -39,6 +39,8 @@ impl Operations {
         self.metrics
             .cached_tokens
             .set(i64::try_from(self.tokens.cached_tokens()).unwrap_or(i64::MAX));
+        self.metrics
+            .events_written_totals(self.store.events().tap().written());
         self.metrics.render()
     }
 }

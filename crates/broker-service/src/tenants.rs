@@ -64,6 +64,22 @@ pub struct TenantAdmin {
 }
 
 impl TenantAdmin {
+    /// A page of the tenants a key may serve, by provet_id (`GET /v1/tenants`: what a
+    /// service lists once before following the feed).
+    pub async fn service_tenants(
+        &self,
+        query: &broker_store::ServiceTenantQuery,
+    ) -> Result<Vec<ServiceTenant>, StoreError> {
+        let tenants = self.store.tenants().service_tenants(query).await?;
+        Ok(tenants
+            .into_iter()
+            .map(|tenant| ServiceTenant {
+                usable_grant: usable_grant(&tenant),
+                tenant,
+            })
+            .collect())
+    }
+
     pub fn new(
         store: Store,
         tokens: Arc<TokenBroker>,

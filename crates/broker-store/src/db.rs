@@ -9,7 +9,10 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
+use broker_domain::EventType;
+
 use crate::Result;
+use crate::events::EventTap;
 
 /// Two pools over one database: `main` for writes that must survive a power cut before they
 /// are acknowledged (hookups, grants, keys), and `cache` for what can be fetched again if
@@ -20,6 +23,8 @@ pub(crate) struct Db {
     pub(crate) cache: DatabaseConnection,
     /// SQLite has one writer: writers queue here rather than on SQLITE_BUSY.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Events this process committed: long polls wait on it, metrics count it.
+    pub(crate) event_tap: Arc<EventTap>,
 }
 
 /// A write transaction, holding the SQLite writer lock for its lifetime.
@@ -35,7 +40,13 @@ impl Db {
                 .then(|| Arc::new(Mutex::new(()))),
             main,
             cache,
+            event_tap: Arc::default(),
         }
+    }
+
+    /// After a commit that wrote events of these types.
+    pub(crate) fn published(&self, types: &[EventType]) {
+        self.event_tap.published(types);
     }
 
     /// A transaction on the durable pool that writes (`BEGIN IMMEDIATE` on SQLite).

@@ -146,8 +146,33 @@ impl Discovery {
             .filter(discovery::Column::ProvetId.eq(job.provet_id))
             .filter(discovery::Column::LeaseOwner.eq(owner))
             .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()));
-        let _writer = self.db.sqlite_write_lock().await;
-        Ok(update.exec(&self.db.main).await?.rows_affected == 1)
+        let w = self.db.begin_write().await?;
+        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
+        let before = discovery::Entity::find_by_id(job.provet_id)
+            .one(&w.tx)
+            .await?;
+        let updated = update.exec(&w.tx).await?.rows_affected == 1;
+        let event = before.filter(|_| updated).and_then(|d| {
+            crate::state_events::discovery_event(d.state, DiscoveryState::Ok)
+                .map(|t| (t, d.last_error))
+        });
+        if let Some((event_type, last_error)) = &event {
+            crate::events::append(
+                &w.tx,
+                &crate::events::NewEvent::new(
+                    job.provet_id,
+                    *event_type,
+                    serde_json::json!({ "last_error": last_error }),
+                    now,
+                ),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        if let Some((event_type, _)) = event {
+            self.db.published(&[event_type]);
+        }
+        Ok(updated)
     }
 
     /// Records a failed run (metadata from an earlier success is kept) and releases the lease.
@@ -163,6 +188,7 @@ impl Discovery {
             return Ok(None);
         };
         let attempts = row.attempts.saturating_add(1);
+        let event = crate::state_events::discovery_event(row.state, DiscoveryState::Failed);
         let mut row = row.into_active_model();
         row.state = Set(DiscoveryState::Failed);
         row.last_error = Set(Some(error.to_owned()));
@@ -171,8 +197,23 @@ impl Discovery {
         row.next_due_at = Set(next_due(attempts));
         row.lease_owner = Set(None);
         row.lease_expires_at = Set(None);
-        let _writer = self.db.sqlite_write_lock().await;
-        row.update(&self.db.main).await?;
+        let w = self.db.begin_write().await?;
+        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
+        row.update(&w.tx).await?;
+        if let Some(event_type) = event {
+            crate::events::append(
+                &w.tx,
+                &crate::events::NewEvent::new(
+                    job.provet_id,
+                    event_type,
+                    serde_json::json!({ "last_error": error }),
+                    now,
+                ),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        self.db.published(event.as_slice());
         Ok(Some(attempts))
     }
 

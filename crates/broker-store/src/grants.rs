@@ -136,7 +136,8 @@ impl Grants {
             )
         });
         let _writer = self.db.sqlite_write_lock().await;
-        let tx = self.db.main.begin().await?;
+        let tx = crate::events::begin_immediate(&self.db.main).await?;
+        crate::events::lock_tenant(&tx, provet_id).await?;
         let mut update = vec![
             grant::Column::Scope,
             grant::Column::State,
@@ -174,7 +175,15 @@ impl Grants {
             .on_conflict(token_upsert())
             .exec_without_returning(&tx)
             .await?;
+        let connected = crate::events::NewEvent::new(
+            provet_id,
+            broker_domain::EventType::GrantConnected,
+            serde_json::json!({ "subject": subject }),
+            now,
+        );
+        crate::events::append(&tx, &connected).await?;
         tx.commit().await?;
+        self.db.published(&[connected.event_type]);
         Ok(())
     }
 
@@ -292,7 +301,12 @@ impl Grants {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let _writer = self.db.sqlite_write_lock().await;
-        let tx = self.db.main.begin().await?;
+        let tx = crate::events::begin_immediate(&self.db.main).await?;
+        crate::events::lock_tenant(&tx, provet_id).await?;
+        let before =
+            grant::Entity::find_by_id((provet_id, client_id.to_owned(), subject.to_owned()))
+                .one(&tx)
+                .await?;
         let mut update = grant::Entity::update_many()
             .col_expr(grant::Column::State, state.into())
             .col_expr(grant::Column::LastError, error.map(str::to_owned).into())
@@ -315,7 +329,22 @@ impl Grants {
                 .exec(&tx)
                 .await?;
         }
+        let event = before.and_then(|g| crate::state_events::grant_event(g.state, state));
+        if let Some(event_type) = event {
+            let data = match event_type {
+                broker_domain::EventType::GrantReauthorizationRequired => {
+                    serde_json::json!({ "subject": subject, "reason": error })
+                }
+                _ => serde_json::json!({ "subject": subject }),
+            };
+            crate::events::append(
+                &tx,
+                &crate::events::NewEvent::new(provet_id, event_type, data, now),
+            )
+            .await?;
+        }
         tx.commit().await?;
+        self.db.published(event.as_slice());
         Ok(changed == 1)
     }
 

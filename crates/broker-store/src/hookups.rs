@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::crypto::aad;
 use crate::discovery::sync_discovery;
 use crate::entity::{client, department, grant, hookup_delivery, tenant, token};
-use crate::{Result, StoreError, Tenants};
+use crate::{Result, StoreError, Tenants, hookup_events};
 
 impl Tenants {
     /// Stores a validated hookup message: tenant, client (secret sealed), departments and the
@@ -27,9 +27,10 @@ impl Tenants {
     pub async fn apply_hookup(
         &self,
         msg: &HookupMessage,
+        source: DeliverySource,
         now: DateTime<Utc>,
     ) -> Result<HookupDecision> {
-        let mut decisions = self.apply_hookups(&[msg], now).await?;
+        let mut decisions = self.apply_hookups(&[msg], source, now).await?;
         decisions
             .pop()
             .ok_or_else(|| StoreError::Corrupt("no outcome for a stored hookup".into()))
@@ -42,17 +43,21 @@ impl Tenants {
     pub async fn apply_hookups(
         &self,
         msgs: &[&HookupMessage],
+        source: DeliverySource,
         now: DateTime<Utc>,
     ) -> Result<Vec<HookupDecision>> {
         let w = self.db.begin_write().await?;
         let mut decisions = Vec::with_capacity(msgs.len());
+        let mut written = Vec::new();
         for msg in msgs {
             let stored = self.load_for_hookup(&w.tx, msg, now).await?;
             let decision = decide_hookup(stored.as_ref(), msg);
-            self.persist(&w.tx, msg, &decision, now).await?;
+            self.persist(&w.tx, msg, &decision, source, now).await?;
+            written.extend(hookup_events::record(&w.tx, msg, &decision, now).await?);
             decisions.push(decision);
         }
         w.tx.commit().await?;
+        self.db.published(&written);
         Ok(decisions)
     }
 
@@ -146,6 +151,7 @@ impl Tenants {
         tx: &DatabaseTransaction,
         msg: &HookupMessage,
         decision: &HookupDecision,
+        source: DeliverySource,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let provet_id = msg.provet_id.get();
@@ -178,7 +184,7 @@ impl Tenants {
                 .exec(tx)
                 .await?;
         }
-        record_delivery(tx, msg, decision.outcome.into(), now).await
+        record_delivery(tx, msg, decision.outcome.into(), source, now).await
     }
 
     /// Writes the message's client as the tenant's current one: updates its row in place,
@@ -314,6 +320,7 @@ async fn record_delivery(
     tx: &DatabaseTransaction,
     msg: &HookupMessage,
     outcome: DeliveryOutcome,
+    source: DeliverySource,
     now: DateTime<Utc>,
 ) -> Result<()> {
     hookup_delivery::ActiveModel {
@@ -323,7 +330,7 @@ async fn record_delivery(
         received_at: Set(now),
         digest: Set(msg.digest.clone()),
         outcome: Set(outcome),
-        source: Set(DeliverySource::Hookup),
+        source: Set(source),
         payload: Set(Some(msg.redacted_json().to_string())),
         errors: Set(None),
     }

@@ -10,6 +10,10 @@
 //! - `grants.rs` (`store.grants()`): authorizations in flight and the grants they produce.
 //! - `discovery.rs` (`store.discovery()`): OpenID Connect metadata, its schedule and leases.
 //! - `api_keys.rs` (`store.api_keys()`): API keys (hashes only).
+//! - `events.rs` (`store.events()`): the events outbox (`append` in the transaction of a
+//!   change; the feed's safe cursor); `hookup_events.rs` and `state_events.rs` say which
+//!   events a hookup and a state transition write.
+//! - `service_tenants.rs`: the tenant list services page through (`GET /v1/tenants`).
 //! - `settings.rs` (`store.settings()`): sealed settings, the key ids in use, key rotation.
 //!
 //! Underneath: `db.rs` (the two pools and SQLite's writer queue), `connect.rs` (opening them),
@@ -22,10 +26,14 @@ pub mod crypto;
 mod db;
 mod discovery;
 mod entity;
+pub mod events;
 mod grants;
+mod hookup_events;
 mod hookups;
 mod records;
+mod service_tenants;
 mod settings;
+mod state_events;
 mod tenants;
 mod tokens;
 
@@ -46,6 +54,8 @@ pub use tokens::{LeaseAttempt, TokenLease, Tokens};
 
 use connect::{pool_options, prepare_sqlite_folder, restrict_file, usage};
 use db::Db;
+pub use events::Events;
+pub use service_tenants::ServiceTenantQuery;
 
 /// Everything that can go wrong in storage. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +129,7 @@ pub struct Store {
     discovery: Discovery,
     api_keys: ApiKeys,
     settings: Settings,
+    events: Events,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,6 +175,7 @@ impl Store {
             discovery: Discovery::new(db.clone()),
             api_keys: ApiKeys::new(db.clone()),
             settings: Settings::new(db.clone(), keyring.clone()),
+            events: Events { db: db.clone() },
             db,
             keyring,
         })
@@ -191,6 +203,11 @@ impl Store {
 
     pub fn api_keys(&self) -> &ApiKeys {
         &self.api_keys
+    }
+
+    /// The events outbox, as the feed reads it.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Sealed settings, the key ids in use, and key rotation.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use broker_domain::{DiscoveryState, GrantState, TenantStatus};
+use broker_domain::{DiscoveryState, EventType, GrantState, TenantStatus};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Query;
 use sea_orm::{
@@ -16,6 +16,7 @@ use crate::db::Db;
 use crate::discovery;
 use crate::entity::discovery as discovery_row;
 use crate::entity::{client, department, grant, hookup_delivery, tenant, token};
+use crate::events::{NewEvent, append};
 use crate::records::{ClientRecord, DeliveryRecord, GrantSummary, TenantFilter, TenantRecord};
 use crate::{Keyring, Result};
 
@@ -75,7 +76,7 @@ impl Tenants {
         self.assemble(rows).await
     }
 
-    async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {
+    pub(crate) async fn assemble(&self, tenants: Vec<tenant::Model>) -> Result<Vec<TenantRecord>> {
         let ids: Vec<i64> = tenants.iter().map(|t| t.provet_id).collect();
         let clients = client::Entity::find()
             .filter(client::Column::ProvetId.is_in(ids.clone()))
@@ -209,6 +210,16 @@ impl Tenants {
             t.removed_at = Set(Some(now));
             t.updated_at = Set(now);
             t.update(&w.tx).await?;
+            let removed = NewEvent::new(
+                provet_id,
+                EventType::TenantRemoved,
+                serde_json::Value::Object(Default::default()),
+                now,
+            );
+            append(&w.tx, &removed).await?;
+            w.tx.commit().await?;
+            self.db.published(&[EventType::TenantRemoved]);
+            return Ok(true);
         }
         w.tx.commit().await?;
         Ok(true)

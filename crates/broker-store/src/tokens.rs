@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Set, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Set, Statement};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -138,7 +135,8 @@ impl Tokens {
             .collect())
     }
 
-    /// Records whether the provider accepted the client's credentials.
+    /// Records whether the provider accepted the client's credentials; a change of state
+    /// writes its event in the same transaction.
     pub async fn set_credentials_state(
         &self,
         provet_id: i64,
@@ -148,6 +146,10 @@ impl Tokens {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let _writer = self.db.sqlite_write_lock().await;
+        let tx = crate::events::begin_immediate(&self.db.cache).await?;
+        crate::events::lock_tenant(&tx, provet_id).await?;
+        let transition =
+            crate::state_events::credentials_transition(&tx, provet_id, client_id, state).await?;
         client::Entity::update_many()
             .col_expr(client::Column::CredentialsState, state.into())
             .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
@@ -157,8 +159,13 @@ impl Tokens {
             )
             .filter(client::Column::ProvetId.eq(provet_id))
             .filter(client::Column::ClientId.eq(client_id))
-            .exec(&self.db.cache)
+            .exec(&tx)
             .await?;
+        let written =
+            crate::state_events::credentials_changed(&tx, provet_id, transition, error, now)
+                .await?;
+        tx.commit().await?;
+        self.db.published(&written);
         Ok(())
     }
 
@@ -197,12 +204,27 @@ impl Tokens {
     ) -> Result<()> {
         let row = token_row(&self.keyring, key, token);
         let _writer = self.db.sqlite_write_lock().await;
-        let tx = self.db.cache.begin().await?;
+        let tx = crate::events::begin_immediate(&self.db.cache).await?;
+        let mut transition = None;
+        if credentials_ok.is_some() {
+            crate::events::lock_tenant(&tx, key.provet_id).await?;
+            transition = crate::state_events::credentials_transition(
+                &tx,
+                key.provet_id,
+                &key.client_id,
+                CredentialsState::Ok,
+            )
+            .await?;
+        }
         token::Entity::insert(row)
             .on_conflict(token_upsert())
             .exec_without_returning(&tx)
             .await?;
+        let mut written = Vec::new();
         if let Some(now) = credentials_ok {
+            written =
+                crate::state_events::credentials_changed(&tx, key.provet_id, transition, None, now)
+                    .await?;
             client::Entity::update_many()
                 .col_expr(
                     client::Column::CredentialsState,
@@ -222,6 +244,7 @@ impl Tokens {
             release(&tx, lease).await?;
         }
         tx.commit().await?;
+        self.db.published(&written);
         Ok(())
     }
 

@@ -95,6 +95,13 @@ pub enum TenantsCommand {
     },
     /// Show one tenant as JSON.
     Show { provet_id: ProvetId },
+    /// Register a tenant from a hookup message (credentials Provet delivered by email):
+    /// validated and stored exactly as a hookup. Prints the receipt as JSON.
+    Add {
+        /// The message; without it, read from stdin.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -255,6 +262,9 @@ async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()>
                 }
                 after = Some(last);
             }
+        }
+        TenantsCommand::Add { file } => {
+            crate::tenants_add::run(&use_cases.hookups, file.as_deref()).await?;
         }
         TenantsCommand::Show { provet_id } => {
             let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;

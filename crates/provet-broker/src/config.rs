@@ -21,6 +21,7 @@ pub struct Settings {
     pub oauth: OAuthSettings,
     pub upstream: UpstreamSettings,
     pub log: LogSettings,
+    pub events: EventSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,6 +383,46 @@ impl UpstreamSettings {
         use secrecy::ExposeSecret;
         let proxy = self.proxy.expose_secret().trim();
         (!proxy.is_empty()).then(|| SecretString::from(proxy.to_owned()))
+    }
+}
+
+/// `[events]`: the outbox's pull feed (and, later, webhooks).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// How long the pull feed keeps events.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// The bound on one webhook attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often a waiting `GET /v1/events` looks for events committed by other replicas.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often events older than `retention` are deleted.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        let feed = broker_service::events::EventSettings::default();
+        Self {
+            retention: feed.retention,
+            timeout: Duration::from_secs(15),
+            poll_interval: feed.poll_interval,
+            prune_interval: feed.prune_interval,
+        }
+    }
+}
+
+impl EventSettings {
+    pub fn to_service(&self) -> broker_service::events::EventSettings {
+        broker_service::events::EventSettings {
+            retention: self.retention,
+            poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+            prune_interval: self.prune_interval.max(Duration::from_secs(1)),
+        }
     }
 }
 

@@ -10,3 +10,4 @@ pub mod cli;
 pub mod config;
 pub mod startup;
 pub mod telemetry;
+mod tenants_add;

@@ -251,6 +251,11 @@ pub fn use_cases(
             clock.clone(),
             settings.server.api_key_cache_ttl,
         )),
+        events: Arc::new(broker_service::EventFeed::new(
+            store.events().clone(),
+            settings.events.to_service(),
+            clock.clone(),
+        )),
         operations: Arc::new(Operations::new(store, tokens.clone(), metrics.clone())),
         tokens,
         discovery,
@@ -365,6 +370,7 @@ impl Application {
         );
         tasks.spawn(tokens.clone().run_credential_checks(stop.child_token()));
         tasks.spawn(use_cases.hookups.clone().run_writer(stop.child_token()));
+        tasks.spawn(use_cases.events.clone().run_pruner(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(use_cases.discovery.clone().run_worker(stop.child_token()));
         } else {

@@ -68,15 +68,11 @@ pub async fn receive(
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
     let receipt = state.hookups().receive(&body).await?;
-    Ok(HttpResponse::Ok().json(HookupReceiptView {
-        provet_id: receipt.provet_id,
-        client_id: receipt.client_id,
-        status: receipt.outcome,
-    }))
+    Ok(HttpResponse::Ok().json(HookupReceiptView::from(receipt)))
 }
 
 /// `application/json` or any `+json` type, parameters (charset) allowed.
-fn is_json(req: &HttpRequest) -> bool {
+pub(crate) fn is_json(req: &HttpRequest) -> bool {
     let Some(value) = req
         .headers()
         .get(header::CONTENT_TYPE)

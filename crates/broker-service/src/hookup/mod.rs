@@ -1,9 +1,11 @@
 //! Hookup intake: Provet delivers a tenant's OAuth client; the message is validated, stored
 //! in one transaction (through the group-commit writer), and only then answered.
 //!
-//! `mod.rs` is the use case (`HookupIntake`); `secrets.rs` the hookup URL's secret;
-//! `writer.rs` the batching writer tasks.
+//! `mod.rs` is the use case (`HookupIntake`); `registration.rs` the same for a message an
+//! operator enters by hand (`POST /admin/tenants`, `tenants add`); `secrets.rs` the hookup
+//! URL's secret; `writer.rs` the batching writer tasks.
 
+mod registration;
 mod secrets;
 mod writer;
 
@@ -110,23 +112,7 @@ impl HookupIntake {
 
     async fn store_message(&self, msg: HookupMessage) -> Result<HookupReceipt, HookupError> {
         match self.writer.store(&self.store, &msg, self.clock.now()).await {
-            Ok(decision) => {
-                let outcome = decision.outcome;
-                self.metrics.hookup(outcome.as_str());
-                if outcome != HookupOutcome::Unchanged {
-                    self.credentials_changed(&msg);
-                }
-                tracing::info!(
-                    outcome = outcome.as_str(),
-                    grant_type = msg.grant_type.as_str(),
-                    "hookup stored"
-                );
-                Ok(HookupReceipt {
-                    provet_id: msg.provet_id.get(),
-                    client_id: msg.client_id,
-                    outcome,
-                })
-            }
+            Ok(decision) => Ok(self.stored(msg, decision.outcome)),
             Err(err) => {
                 self.metrics.hookup("failed");
                 tracing::error!(
@@ -135,6 +121,25 @@ impl HookupIntake {
                 );
                 Err(err.into())
             }
+        }
+    }
+
+    /// What follows a stored message, whatever its source: metrics, the log line, and for
+    /// new credentials the token cache, discovery and a credential check.
+    fn stored(&self, msg: HookupMessage, outcome: HookupOutcome) -> HookupReceipt {
+        self.metrics.hookup(outcome.as_str());
+        if outcome != HookupOutcome::Unchanged {
+            self.credentials_changed(&msg);
+        }
+        tracing::info!(
+            outcome = outcome.as_str(),
+            grant_type = msg.grant_type.as_str(),
+            "hookup stored"
+        );
+        HookupReceipt {
+            provet_id: msg.provet_id.get(),
+            client_id: msg.client_id,
+            outcome,
         }
     }
 

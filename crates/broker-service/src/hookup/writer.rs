@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use broker_domain::HookupMessage;
+use broker_domain::{DeliverySource, HookupMessage};
 use broker_store::Store;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -58,7 +58,10 @@ impl HookupWriter {
             reply,
         };
         if self.queue.send(job).await.is_err() {
-            return store.tenants().apply_hookup(msg, now).await;
+            return store
+                .tenants()
+                .apply_hookup(msg, DeliverySource::Hookup, now)
+                .await;
         }
         // A reply is dropped only if its writer died mid-batch (a panic): the message may
         // or may not be stored, so Provet must hear a failure, never a success.
@@ -116,7 +119,10 @@ async fn write_batch(store: &Store, mut batch: Vec<Job>) {
         return;
     };
     let msgs: Vec<&HookupMessage> = batch.iter().map(|j| &j.msg).collect();
-    let stored = store.tenants().apply_hookups(&msgs, now).await;
+    let stored = store
+        .tenants()
+        .apply_hookups(&msgs, DeliverySource::Hookup, now)
+        .await;
     match stored {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -133,7 +139,10 @@ async fn write_batch(store: &Store, mut batch: Vec<Job>) {
         Err(e) => {
             tracing::warn!(error = %e, messages = batch.len(), "a hookup batch failed; storing its messages one by one");
             for job in batch {
-                let stored = store.tenants().apply_hookup(&job.msg, job.now).await;
+                let stored = store
+                    .tenants()
+                    .apply_hookup(&job.msg, DeliverySource::Hookup, job.now)
+                    .await;
                 let _ = job.reply.send(stored);
             }
         }

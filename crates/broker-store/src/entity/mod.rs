@@ -5,6 +5,7 @@ pub mod authorization;
 pub mod client;
 pub mod department;
 pub mod discovery;
+pub mod event;
 pub mod grant;
 pub mod hookup_delivery;
 pub mod setting;

@@ -9,8 +9,8 @@ mod m20261128_000003_create_tokens;
 mod m20261128_000004_create_grants;
 mod m20261201_000001_create_token_leases;
 mod m20261201_090000_add_delivery_source;
+mod m20261201_095000_create_events;
 mod m20261201_100000_check_states;
-mod m20261201_200000_create_events;
 
 pub struct Migrator;
 
@@ -24,8 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_create_grants::Migration),
             Box::new(m20261201_000001_create_token_leases::Migration),
             Box::new(m20261201_090000_add_delivery_source::Migration),
+            Box::new(m20261201_095000_create_events::Migration),
             Box::new(m20261201_100000_check_states::Migration),
-            Box::new(m20261201_200000_create_events::Migration),
         ]
     }
 }

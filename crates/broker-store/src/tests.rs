@@ -58,16 +58,28 @@ async fn hookup_outcomes_follow_what_changed() {
     let now = Utc::now();
     let m = message("a", "secret-one", json!({"departments": [1, 2]}));
     assert_eq!(
-        s.tenants().apply_hookup(&m, now).await.unwrap().outcome,
+        s.tenants()
+            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, now)
+            .await
+            .unwrap()
+            .outcome,
         HookupOutcome::Registered
     );
     assert_eq!(
-        s.tenants().apply_hookup(&m, now).await.unwrap().outcome,
+        s.tenants()
+            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, now)
+            .await
+            .unwrap()
+            .outcome,
         HookupOutcome::Unchanged
     );
     let m2 = message("a", "secret-one", json!({"added_department": 3}));
     assert_eq!(
-        s.tenants().apply_hookup(&m2, now).await.unwrap().outcome,
+        s.tenants()
+            .apply_hookup(&m2, broker_domain::DeliverySource::Hookup, now)
+            .await
+            .unwrap()
+            .outcome,
         HookupOutcome::Updated
     );
     assert_eq!(
@@ -76,7 +88,11 @@ async fn hookup_outcomes_follow_what_changed() {
     );
     let m3 = message("b", "secret-two", json!({}));
     assert_eq!(
-        s.tenants().apply_hookup(&m3, now).await.unwrap().outcome,
+        s.tenants()
+            .apply_hookup(&m3, broker_domain::DeliverySource::Hookup, now)
+            .await
+            .unwrap()
+            .outcome,
         HookupOutcome::Updated
     );
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
@@ -102,7 +118,11 @@ async fn rekey_reseals_under_the_new_key() {
     let old = || MasterKey::from_base64(&old_b64).unwrap();
     let s = store(&dir, Keyring::new(old(), vec![])).await;
     s.tenants()
-        .apply_hookup(&message("a", "secret-one", json!({})), Utc::now())
+        .apply_hookup(
+            &message("a", "secret-one", json!({})),
+            broker_domain::DeliverySource::Hookup,
+            Utc::now(),
+        )
         .await
         .unwrap();
     s.settings()
@@ -173,6 +193,7 @@ async fn bogus_states_are_refused(s: &Store) {
     s.tenants()
         .apply_hookup(
             &message("a", "secret-one", json!({"departments": [4]})),
+            broker_domain::DeliverySource::Hookup,
             Utc::now(),
         )
         .await
@@ -216,14 +237,17 @@ async fn sqlite_refuses_unknown_states_and_the_rebuild_keeps_rows() {
         .await
         .unwrap();
     let m = message("b", "secret-two", json!({"departments": [1, 2]}));
-    s.tenants().apply_hookup(&m, Utc::now()).await.unwrap();
+    s.tenants()
+        .apply_hookup(&m, broker_domain::DeliverySource::Hookup, Utc::now())
+        .await
+        .unwrap();
     s.migrate().await.unwrap();
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.departments, [1, 2]);
     assert_eq!(t.client.unwrap().client_id, "b");
     assert_eq!(
         s.tenants()
-            .apply_hookup(&m, Utc::now())
+            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, Utc::now())
             .await
             .unwrap()
             .outcome,

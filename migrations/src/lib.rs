@@ -9,6 +9,7 @@ mod m20261128_000003_create_tokens;
 mod m20261128_000004_create_grants;
 mod m20261201_000001_create_token_leases;
 mod m20261201_200000_create_events;
+mod m20261201_300000_create_webhooks;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_create_grants::Migration),
             Box::new(m20261201_000001_create_token_leases::Migration),
             Box::new(m20261201_200000_create_events::Migration),
+            Box::new(m20261201_300000_create_webhooks::Migration),
         ]
     }
 }

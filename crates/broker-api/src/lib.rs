@@ -91,6 +91,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/discovery/rerun",
         web::post().to(admin::rerun_discovery),
     )
+    .route("/admin/webhooks", web::post().to(routes::webhooks::create))
+    .route("/admin/webhooks", web::get().to(routes::webhooks::list))
+    .route(
+        "/admin/webhooks/{id}",
+        web::delete().to(routes::webhooks::delete),
+    )
+    .route(
+        "/admin/webhooks/{id}/deliveries",
+        web::get().to(routes::webhooks::deliveries),
+    )
+    .route(
+        "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+        web::post().to(routes::webhooks::retry),
+    )
     .route("/admin/api-keys", web::post().to(admin::create_api_key))
     .route("/admin/api-keys", web::get().to(admin::list_api_keys))
     .route(

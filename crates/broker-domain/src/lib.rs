@@ -5,6 +5,7 @@ pub mod events;
 pub mod hookup;
 pub mod hosts;
 pub mod tenant;
+pub mod webhooks;
 
 pub use events::{DeliverySource, EventType, api_base_url};
 pub use hookup::{
@@ -13,3 +14,4 @@ pub use hookup::{
 };
 pub use hosts::{HostAllowlist, UrlPolicy};
 pub use tenant::{ApiKeyRole, ProvetId, TenantStatus};
+pub use webhooks::{DeliveryState, EventSelection, WebhookState, WebhookUrl};

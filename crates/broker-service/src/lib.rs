@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod registration;
 pub mod service_tenants;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ pub struct Broker {
     pub tasks: tokio_util::task::TaskTracker,
     /// The event feed and its pruning.
     pub events: Arc<events::EventFeed>,
+    /// Webhooks: registration, deliveries, and the worker that sends them.
+    pub webhooks: Arc<webhooks::WebhookAdmin>,
+    pub webhook_worker: Arc<webhooks::WebhookWorker>,
 }
 
 impl Broker {

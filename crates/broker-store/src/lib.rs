@@ -12,6 +12,7 @@ mod repo;
 mod service_tenants;
 mod state_events;
 mod token_repo;
+pub mod webhooks;
 
 pub use token_repo::{LeaseAttempt, TokenLease};
 
@@ -110,12 +111,13 @@ pub struct Store {
 }
 
 /// Every column that holds sealed values, by table.
-const SEALED_COLUMNS: [(&str, &str); 5] = [
+const SEALED_COLUMNS: [(&str, &str); 6] = [
     ("clients", "client_secret"),
     ("tokens", "access_token"),
     ("grants", "refresh_token"),
     ("authorizations", "pkce_verifier"),
     ("settings", "value"),
+    ("webhooks", "secret"),
 ];
 
 /// When `missing_key_ids` last looked, and what it found.

@@ -842,6 +842,7 @@ impl Store {
                 .await?
                 .rows_affected;
         }
+        self.rekey_webhooks(&mut report).await?;
         Ok(report)
     }
 

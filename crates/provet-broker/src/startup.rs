@@ -201,7 +201,21 @@ pub fn broker(
     let clock: Arc<dyn broker_service::Clock> = Arc::new(SystemClock);
     let token_settings = settings.tokens.to_service();
     let verify_queue = token_settings.verify_queue;
+    let webhook_worker = Arc::new(
+        broker_service::webhooks::WebhookWorker::new(
+            store.clone(),
+            settings.events.to_webhooks(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     Ok(Broker {
+        webhooks: Arc::new(broker_service::webhooks::WebhookAdmin::new(
+            store.clone(),
+            webhook_worker.clone(),
+        )),
+        webhook_worker,
         tokens: Arc::new(TokenBroker::new(
             token_settings,
             token_upstream,
@@ -337,6 +351,13 @@ impl Application {
                 .clone()
                 .run_pruner(broker.clock.clone(), stop.child_token()),
         );
+        tasks.spawn(
+            broker
+                .webhook_worker
+                .clone()
+                .run_dispatcher(stop.child_token()),
+        );
+        tasks.spawn(broker.webhook_worker.clone().run_sender(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(broker.clone().run_discovery_worker(stop.child_token()));
         } else {

@@ -24,3 +24,4 @@ mod secret_scan;
 mod secrets;
 mod token_faults;
 mod tokens;
+mod webhooks;

@@ -7,6 +7,8 @@ fn main() {
          \n\
          \x20 hookup-load      5,000 distinct hookups from 64 senders, credential check on, on SQLite\n\
          \x20                  and PostgreSQL; beside it the same burst with the check off\n\
+         \x20 webhook-load     the same 5,000 hookups without and with a webhook registered, SQLite and\n\
+         \x20                  PostgreSQL: rate beside rate, every event delivered, commit->receipt p50/p99\n\
          \x20 token-load       the cached-token endpoint under wrk (64 connections) against bare-handler,\n\
          \x20                  alternating; req/s ratio, p99; RSS with 10,000 tenants' tokens cached\n\
          \x20 refresh-storm    force_refresh over 1,000 tenants, 64 connections, SQLite and PostgreSQL;\n\

@@ -11,6 +11,7 @@ mod m20261201_000001_create_token_leases;
 mod m20261201_090000_add_delivery_source;
 mod m20261201_095000_create_events;
 mod m20261201_100000_check_states;
+mod m20261201_300000_create_webhooks;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_090000_add_delivery_source::Migration),
             Box::new(m20261201_095000_create_events::Migration),
             Box::new(m20261201_100000_check_states::Migration),
+            Box::new(m20261201_300000_create_webhooks::Migration),
         ]
     }
 }

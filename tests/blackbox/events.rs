@@ -42,7 +42,7 @@ async fn all_events(daemon: &Daemon, key: &str, extra: &str) -> Vec<Value> {
     }
 }
 
-fn of_tenant<'a>(events: &'a [Value], provet_id: i64) -> Vec<&'a Value> {
+fn of_tenant(events: &[Value], provet_id: i64) -> Vec<&Value> {
     events
         .iter()
         .filter(|e| e["provet_id"] == provet_id)

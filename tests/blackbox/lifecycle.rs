@@ -217,6 +217,14 @@ async fn operations_endpoints_answer(backend: Backend) {
         "POST /admin/api-keys",
         "GET /admin/api-keys",
         "DELETE /admin/api-keys/{id}",
+        "GET /v1/tenants",
+        "GET /v1/events",
+        "POST /admin/tenants",
+        "POST /admin/webhooks",
+        "GET /admin/webhooks",
+        "DELETE /admin/webhooks/{id}",
+        "GET /admin/webhooks/{id}/deliveries",
+        "POST /admin/webhooks/{id}/deliveries/{event_id}/retry",
     ];
     expected.sort();
     assert_eq!(documented, expected);

@@ -25,3 +25,4 @@ mod secret_scan;
 mod secrets;
 mod token_faults;
 mod tokens;
+mod webhooks;

@@ -365,6 +365,11 @@ async fn every_route_checks_its_role_and_guessing_is_throttled() {
     config
         .extra_env
         .push(("BROKER_HOOKUP__ALLOW_HTTP".into(), "true".into()));
+    // Above the failures the route walk itself makes (two per protected route at most),
+    // so that only the guessing below reaches it.
+    config
+        .extra_env
+        .push(("BROKER_SERVER__AUTH_FAILURE_LIMIT".into(), "50".into()));
     let daemon = Daemon::start(&db, config).await;
     let mut message = client_credentials(9, "acl", "acl-secret");
     message["token_url"] = json!("http://127.0.0.1:1/9/oauth2/token/");
@@ -423,7 +428,7 @@ async fn every_route_checks_its_role_and_guessing_is_throttled() {
     assert_eq!(daemon.hookup(&message).await.0, 200);
     // Guessing: after the limit, 429 with Retry-After; a valid key still works.
     let mut statuses = HashMap::new();
-    for n in 0..40 {
+    for n in 0..80 {
         let (status, _) = daemon
             .get("/v1/tenants/9", Some(&format!("pbk_guess{n}")))
             .await;

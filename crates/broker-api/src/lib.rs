@@ -4,7 +4,7 @@
 //! `lib.rs` the route table (`configure`), `AppState` with one accessor per use case, and the
 //! request-metrics middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
 //! `service.rs` tenants and tokens for services, `feed.rs` the tenant list and event feed
-//! services follow, `registration.rs` tenants entered by hand, `oauth.rs` the connect flow, `admin.rs`
+//! services follow, `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries, `oauth.rs` the connect flow, `admin.rs`
 //! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
 //! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
 //! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
     ApiKeys, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
-    TenantAdmin, TokenBroker,
+    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use tracing::Instrument;
 
@@ -43,6 +43,10 @@ pub struct UseCases {
     pub api_keys: Arc<ApiKeys>,
     pub operations: Arc<Operations>,
     pub events: Arc<EventFeed>,
+    pub webhooks: Arc<WebhookAdmin>,
+    /// Runs in the background (started by the binary); kept here so one value holds every
+    /// use case.
+    pub webhook_worker: Arc<WebhookWorker>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
 }
@@ -102,6 +106,11 @@ impl AppState {
     /// `GET /v1/events`.
     pub fn events(&self) -> &EventFeed {
         &self.use_cases.events
+    }
+
+    /// `/admin/webhooks`.
+    pub fn webhooks(&self) -> &WebhookAdmin {
+        &self.use_cases.webhooks
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -182,6 +191,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/admin/discovery/rerun",
         web::post().to(admin::rerun_discovery),
+    )
+    .route("/admin/webhooks", web::post().to(routes::webhooks::create))
+    .route("/admin/webhooks", web::get().to(routes::webhooks::list))
+    .route(
+        "/admin/webhooks/{id}",
+        web::delete().to(routes::webhooks::delete),
+    )
+    .route(
+        "/admin/webhooks/{id}/deliveries",
+        web::get().to(routes::webhooks::deliveries),
+    )
+    .route(
+        "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+        web::post().to(routes::webhooks::retry),
     )
     .route("/admin/api-keys", web::post().to(admin::create_api_key))
     .route("/admin/api-keys", web::get().to(admin::list_api_keys))

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, feed, hookup, oauth, ops, registration, service};
+use crate::routes::{admin, feed, hookup, oauth, ops, registration, service, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,11 @@ use crate::routes::{admin, feed, hookup, oauth, ops, registration, service};
         admin::create_api_key,
         admin::list_api_keys,
         admin::revoke_api_key,
+        webhooks::create,
+        webhooks::list,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::retry,
         ops::healthz,
         ops::readyz,
         ops::metrics,

@@ -16,13 +16,16 @@ pub mod hookup_decision;
 pub mod hosts;
 pub mod states;
 pub mod tenant;
+pub mod webhooks;
 
 pub use events::{EventType, api_base_url};
 pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError, Rejected};
 pub use hookup_decision::{HookupDecision, StoredClient, StoredTenant, decide_hookup};
 pub use hosts::{HostAllowlist, UrlPolicy};
 pub use states::{
-    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DiscoveryState,
-    GrantState, GrantType, HookupOutcome, SigningAlgorithm, TenantStatus, UnknownState,
+    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DeliveryState,
+    DiscoveryState, GrantState, GrantType, HookupOutcome, SigningAlgorithm, TenantStatus,
+    UnknownState, WebhookState,
 };
 pub use tenant::ProvetId;
+pub use webhooks::{EventSelection, WebhookUrl};

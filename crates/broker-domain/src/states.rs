@@ -180,6 +180,24 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// A webhook: `active`, or `disabled` after its endpoint answered `410 Gone`.
+    WebhookState("webhook state") {
+        Active = "active",
+        Disabled = "disabled",
+    }
+}
+
+state_enum! {
+    /// One event's delivery to one webhook: `pending` (due or waiting for a retry),
+    /// `delivered` (a 2xx), `failed` (the retries ran out, or the endpoint is gone).
+    DeliveryState("webhook delivery state") {
+        Pending = "pending",
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
 impl GrantType {
     /// Accepts both the RFC spelling and django-oauth-toolkit's (`authorization-code`).
     pub fn parse(s: &str) -> Option<Self> {

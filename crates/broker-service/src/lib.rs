@@ -11,6 +11,7 @@
 //! | operators look at and manage tenants | `TenantAdmin` | `tenants.rs` |
 //! | API keys | `ApiKeys` | `api_keys.rs` |
 //! | the event feed services follow | `EventFeed` | `events.rs` |
+//! | webhooks: registration, fan-out, signed delivery | `WebhookAdmin`, `WebhookWorker` | `webhooks/` |
 //! | readiness and metrics | `Operations` (metrics in `metrics.rs`) | `operations.rs` |
 //!
 //! `clock.rs` holds the one wall clock every use case reads time from.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod operations;
 pub mod tenants;
 pub mod tokens;
+pub mod webhooks;
 
 pub use api_keys::ApiKeys;
 pub use broker_store::ServiceTenantQuery;
@@ -42,3 +44,4 @@ pub use metrics::Metrics;
 pub use operations::Operations;
 pub use tenants::TenantAdmin;
 pub use tokens::TokenBroker;
+pub use webhooks::{WebhookAdmin, WebhookWorker};

@@ -145,6 +145,10 @@ pub struct Metrics {
     pub cached_tokens: Gauge,
     /// Events committed by this process, by type (synced from the store's tap at render).
     pub events_written: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Webhook attempts by outcome (`delivered`, `retry`, `failed`, `gone`).
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    pub webhook_pending_deliveries: Gauge,
+    pub webhook_oldest_pending_seconds: Gauge,
     /// One sync of `events_written` at a time (two renders at once would both add).
     events_sync: std::sync::Mutex<()>,
 }
@@ -164,6 +168,24 @@ impl Metrics {
             "events_written",
             "Events committed to the outbox by this process, by type",
             events_written.clone(),
+        );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by outcome (delivered, retry, failed, gone)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_pending_deliveries = Gauge::default();
+        registry.register(
+            "webhook_pending_deliveries",
+            "Webhook deliveries not yet delivered nor failed",
+            webhook_pending_deliveries.clone(),
+        );
+        let webhook_oldest_pending_seconds = Gauge::default();
+        registry.register(
+            "webhook_oldest_pending_seconds",
+            "Age of the oldest pending webhook delivery, in seconds",
+            webhook_oldest_pending_seconds.clone(),
         );
         registry.register(
             "hookups",
@@ -281,6 +303,9 @@ impl Metrics {
             queue_depth,
             cached_tokens,
             events_written,
+            webhook_deliveries,
+            webhook_pending_deliveries,
+            webhook_oldest_pending_seconds,
             events_sync: std::sync::Mutex::new(()),
         }
     }
@@ -387,6 +412,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// Counts one webhook attempt by its outcome.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -13,6 +13,8 @@
 //! - `events.rs` (`store.events()`): the events outbox (`append` in the transaction of a
 //!   change; the feed's safe cursor); `hookup_events.rs` and `state_events.rs` say which
 //!   events a hookup and a state transition write.
+//! - `webhooks.rs` (`store.webhooks()`): webhook endpoints (secrets sealed), the dispatcher's
+//!   cursor, delivery rows and their claims.
 //! - `service_tenants.rs`: the tenant list services page through (`GET /v1/tenants`).
 //! - `settings.rs` (`store.settings()`): sealed settings, the key ids in use, key rotation.
 //!
@@ -36,6 +38,7 @@ mod settings;
 mod state_events;
 mod tenants;
 mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +59,7 @@ use connect::{pool_options, prepare_sqlite_folder, restrict_file, usage};
 use db::Db;
 pub use events::Events;
 pub use service_tenants::ServiceTenantQuery;
+pub use webhooks::Webhooks;
 
 /// Everything that can go wrong in storage. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,7 @@ pub struct Store {
     api_keys: ApiKeys,
     settings: Settings,
     events: Events,
+    webhooks: Webhooks,
 }
 
 impl std::fmt::Debug for Store {
@@ -176,6 +181,10 @@ impl Store {
             api_keys: ApiKeys::new(db.clone()),
             settings: Settings::new(db.clone(), keyring.clone()),
             events: Events { db: db.clone() },
+            webhooks: Webhooks {
+                db: db.clone(),
+                keyring: keyring.clone(),
+            },
             db,
             keyring,
         })
@@ -208,6 +217,11 @@ impl Store {
     /// The events outbox, as the feed reads it.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Webhook endpoints and their deliveries.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// Sealed settings, the key ids in use, and key rotation.

@@ -17,12 +17,13 @@ use crate::records::{RekeyReport, TokenKey};
 use crate::{Keyring, Result, StoreError};
 
 /// Every column that holds sealed values, by table.
-const SEALED_COLUMNS: [(&str, &str); 5] = [
+const SEALED_COLUMNS: [(&str, &str); 6] = [
     ("clients", "client_secret"),
     ("tokens", "access_token"),
     ("grants", "refresh_token"),
     ("authorizations", "pkce_verifier"),
     ("settings", "value"),
+    ("webhooks", "secret"),
 ];
 
 /// When `missing_key_ids` last looked, and what it found.
@@ -184,6 +185,12 @@ impl Settings {
         self.rekey_grants(&mut report).await?;
         self.rekey_authorizations(&mut report).await?;
         self.rekey_settings(&mut report).await?;
+        crate::webhooks::Webhooks {
+            db: self.db.clone(),
+            keyring: self.keyring.clone(),
+        }
+        .rekey(&mut report)
+        .await?;
         Ok(report)
     }
 

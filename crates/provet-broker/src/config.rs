@@ -402,6 +402,12 @@ pub struct EventSettings {
     /// How often events older than `retention` are deleted.
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// The waits after each failed webhook attempt; when they run out the delivery is
+    /// `failed`. The contract's schedule by default; shorter ones are for tests.
+    pub webhook_retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// Webhook attempts in flight per endpoint, and in all (per replica).
+    pub webhook_per_endpoint: usize,
+    pub webhook_concurrency: usize,
 }
 
 impl Default for EventSettings {
@@ -412,6 +418,12 @@ impl Default for EventSettings {
             timeout: Duration::from_secs(15),
             poll_interval: feed.poll_interval,
             prune_interval: feed.prune_interval,
+            webhook_retry_schedule: broker_service::webhooks::policy::DEFAULT_SCHEDULE
+                .into_iter()
+                .map(humantime_serde::Serde::from)
+                .collect(),
+            webhook_per_endpoint: 4,
+            webhook_concurrency: 32,
         }
     }
 }
@@ -422,6 +434,20 @@ impl EventSettings {
             retention: self.retention,
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
             prune_interval: self.prune_interval.max(Duration::from_secs(1)),
+        }
+    }
+
+    pub fn to_webhooks(&self) -> broker_service::webhooks::WebhookSettings {
+        broker_service::webhooks::WebhookSettings {
+            timeout: self.timeout.max(Duration::from_millis(100)),
+            retry_schedule: self
+                .webhook_retry_schedule
+                .iter()
+                .map(|d| d.into_inner())
+                .collect(),
+            per_endpoint: self.webhook_per_endpoint.max(1),
+            concurrency: self.webhook_concurrency.max(1),
+            poll_interval: self.poll_interval.max(Duration::from_millis(10)),
         }
     }
 }

@@ -16,7 +16,7 @@ use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
 use broker_service::{
     ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, SystemClock,
-    TenantAdmin, TokenBroker,
+    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -237,7 +237,18 @@ pub fn use_cases(
         metrics.clone(),
         clock.clone(),
     ));
+    let webhook_worker = Arc::new(
+        WebhookWorker::new(
+            store.clone(),
+            settings.events.to_webhooks(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     Ok(UseCases {
+        webhooks: Arc::new(WebhookAdmin::new(store.clone(), webhook_worker.clone())),
+        webhook_worker,
         hookups,
         connect,
         tenant_admin: Arc::new(TenantAdmin::new(
@@ -371,6 +382,9 @@ impl Application {
         tasks.spawn(tokens.clone().run_credential_checks(stop.child_token()));
         tasks.spawn(use_cases.hookups.clone().run_writer(stop.child_token()));
         tasks.spawn(use_cases.events.clone().run_pruner(stop.child_token()));
+        let webhooks = &use_cases.webhook_worker;
+        tasks.spawn(webhooks.clone().run_dispatcher(stop.child_token()));
+        tasks.spawn(webhooks.clone().run_sender(stop.child_token()));
         if settings.discovery.enabled {
             tasks.spawn(use_cases.discovery.clone().run_worker(stop.child_token()));
         } else {

@@ -5,3 +5,4 @@ pub mod oauth;
 pub mod ops;
 pub mod registration;
 pub mod service;
+pub mod webhooks;

@@ -32,3 +32,8 @@ pub(crate) fn pkce_verifier(state_hash: &str) -> String {
 pub(crate) fn setting(name: &str) -> String {
     format!("settings.value:{name}")
 }
+
+/// `webhooks.secret`: the webhook's id.
+pub(crate) fn webhook_secret(id: i64) -> String {
+    format!("webhooks.secret:{id}")
+}

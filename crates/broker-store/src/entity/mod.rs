@@ -11,3 +11,5 @@ pub mod hookup_delivery;
 pub mod setting;
 pub mod tenant;
 pub mod token;
+pub mod webhook;
+pub mod webhook_delivery;

@@ -1,0 +1,287 @@
+//! `/admin/webhooks`: register, list and delete webhooks; see and retry their deliveries
+//! (admin keys). The signing secret is shown once, in the answer to the registration.
+
+use actix_web::{HttpResponse, web};
+use broker_service::webhooks::{ManualRetry, WebhookDeliveryRecord, WebhookError, WebhookRecord};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::problem::ApiError;
+
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 500;
+
+/// A webhook to register.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// An absolute http(s) URL; link-local addresses are refused.
+    pub url: String,
+    /// Event types, or `["*"]` for every type.
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A webhook (never its secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: i64,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: String,
+    /// `active`, or `disabled` after the endpoint answered `410 Gone`.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<WebhookRecord> for WebhookView {
+    fn from(w: WebhookRecord) -> Self {
+        Self {
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            description: w.description,
+            state: w.state.as_str().to_owned(),
+            created_at: w.created_at,
+            disabled_at: w.disabled_at,
+        }
+    }
+}
+
+/// A registered webhook and its signing secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    /// `whsec_...`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// One event's delivery to the webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryView {
+    /// The event's id (`webhook-id`).
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    /// When the last attempt was made.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// The last attempt's HTTP status, when an answer came.
+    pub status: Option<i32>,
+    /// Why the last attempt failed (never the answer's body).
+    pub error: Option<String>,
+    /// When the next attempt is due, for pending deliveries.
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+impl From<WebhookDeliveryRecord> for WebhookDeliveryView {
+    fn from(d: WebhookDeliveryRecord) -> Self {
+        Self {
+            event_id: d.event_public_id(),
+            event_type: d.event_type,
+            state: d.state.as_str().to_owned(),
+            attempts: d.attempts,
+            created_at: d.created_at,
+            attempted_at: d.last_attempt_at,
+            status: d.last_status,
+            error: d.last_error,
+            next_retry_at: d.next_attempt_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryPage {
+    pub deliveries: Vec<WebhookDeliveryView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u64>,
+    /// Deliveries older than this (from `next_before`).
+    before: Option<i64>,
+}
+
+fn webhook_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))
+}
+
+/// `evt_` and 16 hex digits, as in the envelope.
+fn event_id(raw: &str) -> Result<i64, ApiError> {
+    raw.strip_prefix("evt_")
+        .filter(|h| h.len() == 16)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| ApiError::InvalidRequest("event_id must be an event's id (evt_...)".into()))
+}
+
+/// Registers a webhook; the answer carries its signing secret, shown this once.
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks",
+    tag = "admin",
+    request_body = CreateWebhook,
+    security(("api_key" = [])),
+    responses((status = 201, body = CreatedWebhook), (status = 400, description = "invalid_request, naming each bad field (a link-local URL, an unknown event type)", body = crate::problem::Problem))
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let body: CreateWebhook = crate::parse_json(&body.read().await?)?;
+    let created = state
+        .webhooks()
+        .create(
+            &body.url,
+            &body.events,
+            &body.description,
+            state.clock().now(),
+        )
+        .await
+        .map_err(|e| match e {
+            WebhookError::Invalid(errors) => ApiError::Invalid {
+                detail: errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                errors,
+            },
+            WebhookError::Store(e) => e.into(),
+        })?;
+    Ok(HttpResponse::Created().json(CreatedWebhook {
+        webhook: WebhookView::from(created.record),
+        secret: created.secret.expose_secret().to_owned(),
+    }))
+}
+
+/// Lists webhooks (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks",
+    tag = "admin",
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookList))
+)]
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let webhooks = state.webhooks().list().await?;
+    Ok(HttpResponse::Ok().json(WebhookList {
+        webhooks: webhooks.into_iter().map(WebhookView::from).collect(),
+    }))
+}
+
+/// Deletes a webhook and its deliveries.
+#[utoipa::path(
+    delete,
+    path = "/admin/webhooks/{id}",
+    tag = "admin",
+    params(("id" = i64, Path)),
+    security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    if state.webhooks().delete(webhook_id(&path)?).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// The webhook's deliveries, newest first: event, last attempt (time, status or error),
+/// attempts, state and next retry.
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks/{id}/deliveries",
+    tag = "admin",
+    params(("id" = i64, Path), DeliveryQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookDeliveryPage), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn deliveries(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<DeliveryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = webhook_id(&path)?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "limit must be from 1 to {MAX_PAGE}"
+            )));
+        }
+    };
+    if state.webhooks().get(id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let deliveries = state.webhooks().deliveries(id, query.before, limit).await?;
+    let next_before = (deliveries.len() as u64 == limit)
+        .then(|| deliveries.last().map(|d| d.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(WebhookDeliveryPage {
+        deliveries: deliveries
+            .into_iter()
+            .map(WebhookDeliveryView::from)
+            .collect(),
+        next_before,
+    }))
+}
+
+/// Makes an attempt now, whatever the delivery's state, and answers the delivery after it
+/// (`202` when an attempt was already in flight).
+#[utoipa::path(
+    post,
+    path = "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+    tag = "admin",
+    params(("id" = i64, Path), ("event_id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = WebhookDeliveryView), (status = 202, body = WebhookDeliveryView), (status = 404, body = crate::problem::Problem))
+)]
+pub async fn retry(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (id, event) = path.into_inner();
+    let (id, event) = (webhook_id(&id)?, event_id(&event)?);
+    match state
+        .webhooks()
+        .retry(id, event, state.clock().now())
+        .await?
+    {
+        ManualRetry::NotFound => Err(ApiError::NotFound),
+        ManualRetry::InFlight(d) => Ok(HttpResponse::Accepted().json(WebhookDeliveryView::from(d))),
+        ManualRetry::Attempted(d) => Ok(HttpResponse::Ok().json(WebhookDeliveryView::from(d))),
+    }
+}

@@ -269,6 +269,11 @@ impl Webhooks {
     /// past them: all in one transaction that holds the cursor's row, so that replicas take
     /// turns (PostgreSQL: one that finds it held skips this round).
     pub async fn dispatch_events(&self, limit: u64, now: DateTime<Utc>) -> Result<DispatchReport> {
+        // Look first without the writer's lock: with no webhook, or nothing new, a round
+        // must cost the hookups nothing.
+        if !self.dispatch_has_work().await? {
+            return Ok(DispatchReport::default());
+        }
         let w = self.db.begin_write().await?;
         let backend = self.db.backend();
         let lock = if backend == DbBackend::Postgres {
@@ -375,6 +380,44 @@ impl Webhooks {
             events: events.len(),
             deliveries,
         })
+    }
+
+    /// Whether an active webhook exists and an event lies after the dispatch cursor.
+    async fn dispatch_has_work(&self) -> Result<bool> {
+        let active = webhook::Entity::find()
+            .filter(webhook::Column::State.eq(WebhookState::Active.as_str()))
+            .one(&self.db.main)
+            .await?;
+        if active.is_none() {
+            return Ok(false);
+        }
+        let backend = self.db.backend();
+        let Some(row) = self
+            .db
+            .main
+            .query_one_raw(Statement::from_string(
+                backend,
+                "SELECT xid, event_id FROM webhook_cursor WHERE id = 1".to_owned(),
+            ))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let after = EventCursor {
+            xid: row.try_get_by_index(0)?,
+            id: row.try_get_by_index(1)?,
+        };
+        let next = read(
+            &self.db.main,
+            &EventQuery {
+                after,
+                limit: 1,
+                types: None,
+                tenants: None,
+            },
+        )
+        .await?;
+        Ok(!next.is_empty())
     }
 
     /// Claims up to `limit` of the webhook's due deliveries until `claimed_until`.

@@ -152,15 +152,7 @@ pub async fn tenant(
         .await;
     assert_eq!(daemon.hookup(&message).await.0, 200);
     if algorithm.is_some() {
-        for _ in 0..100 {
-            let (_, t) = daemon
-                .get(&format!("/admin/tenants/{id}"), Some(admin))
-                .await;
-            if t["discovery"]["state"] == "ok" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_discovery(daemon, admin, id, "ok").await;
     }
     (id, message)
 }

@@ -23,37 +23,13 @@ const TOKEN: &str = "/7/oauth2/token/";
 
 /// A daemon that may call a mock provider on 127.0.0.1 over http.
 async fn mock_daemon(db: &TestDb, extra: &[(&str, &str)]) -> Daemon {
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        ("BROKER_TOKENS__TIMEOUT".to_owned(), "2s".to_owned()),
-    ]);
-    config.extra_env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
+    let config = mock_provider_config(&[("BROKER_TOKENS__TIMEOUT", "2s")]).with_env(extra);
     Daemon::start(db, config).await
 }
 
 /// A client_credentials hookup for tenant 7 whose token URL is on `base`.
 fn mock_hookup(base: &str) -> Value {
-    json!({
-        "provet_id": 7,
-        "client_id": "mock-client",
-        "client_secret": "mock-secret",
-        "algorithm": null,
-        "authorization_grant_type": "client_credentials",
-        "client_type": "confidential",
-        "redirect_uris": "",
-        "token_url": format!("{base}{TOKEN}"),
-        "authorize_url": format!("{base}/7/oauth2/authorize/"),
-        "openid_autodiscovery_url": null,
-    })
+    mock_client_credentials(base, 7, "mock-client", "mock-secret", TOKEN)
 }
 
 fn assert_no_panic(daemon: &Daemon) {
@@ -359,20 +335,8 @@ async fn oidc_setup() -> OidcSetup {
     let server = MockServer::start().await;
     let issuer = format!("{}/7/oauth2", server.uri());
     mount_id_discovery(&server, &issuer).await;
-    let message = json!({
-        "provet_id": 7, "client_id": "web-app", "client_secret": "web-secret", "algorithm": "RS256",
-        "authorization_grant_type": "authorization-code", "client_type": "confidential",
-        "redirect_uris": "http://broker.test/oauth/callback",
-        "token_url": format!("{issuer}/token/"), "authorize_url": format!("{issuer}/authorize/"),
-        "openid_autodiscovery_url": format!("{issuer}/.well-known/openid-configuration"),
-    });
-    assert_eq!(daemon.hookup(&message).await.0, 200);
-    for _ in 0..100 {
-        if daemon.get("/admin/tenants/7", Some(&admin)).await.1["discovery"]["state"] == "ok" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(daemon.hookup(&web_app_hookup(&issuer)).await.0, 200);
+    wait_for_discovery(&daemon, &admin, 7, "ok").await;
     OidcSetup {
         daemon,
         admin,

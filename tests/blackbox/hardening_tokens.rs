@@ -25,37 +25,20 @@ const AC_ID: i64 = 8;
 
 /// A daemon that may talk to a mock provider on 127.0.0.1; `extra` adds settings.
 fn mock_config(extra: &[(&str, &str)]) -> DaemonConfig {
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        ("BROKER_TOKENS__TIMEOUT".to_owned(), "5s".to_owned()),
+    mock_provider_config(&[
+        ("BROKER_TOKENS__TIMEOUT", "5s"),
         // `extra` lets a grant have a scope that `restapi` is a strict subset of.
         (
-            "BROKER_TOKENS__ALLOWED_SCOPES".to_owned(),
-            r#"["restapi","openid","extra"]"#.to_owned(),
+            "BROKER_TOKENS__ALLOWED_SCOPES",
+            r#"["restapi","openid","extra"]"#,
         ),
-    ]);
-    config.extra_env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    config
+    ])
+    .with_env(extra)
 }
 
 fn cc_hookup(base: &str, provet_id: i64, token_path: &str) -> Value {
-    json!({
-        "provet_id": provet_id, "client_id": format!("cc-{provet_id}"), "client_secret": "cc-secret-value",
-        "algorithm": null, "authorization_grant_type": "client_credentials",
-        "client_type": "confidential", "redirect_uris": "",
-        "token_url": format!("{base}{token_path}"),
-        "authorize_url": format!("{base}/{provet_id}/oauth2/authorize/"),
-        "openid_autodiscovery_url": null,
-    })
+    let client_id = format!("cc-{provet_id}");
+    mock_client_credentials(base, provet_id, &client_id, "cc-secret-value", token_path)
 }
 
 fn ac_hookup(base: &str) -> Value {

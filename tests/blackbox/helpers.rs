@@ -12,6 +12,9 @@ use rand::Rng;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 
+mod mock;
+pub use mock::*;
+
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -41,38 +41,17 @@ struct Setup {
 
 async fn setup() -> Setup {
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        ("BROKER_DISCOVERY__ENABLED".to_owned(), "true".to_owned()),
-        (
-            "BROKER_DISCOVERY__JWKS_MIN_INTERVAL".to_owned(),
-            "0s".to_owned(),
-        ),
+    let config = mock_provider_config(&[
+        ("BROKER_DISCOVERY__ENABLED", "true"),
+        ("BROKER_DISCOVERY__JWKS_MIN_INTERVAL", "0s"),
     ]);
     let daemon = Daemon::start(&db, config).await;
     let admin = daemon.api_key("admin", &[]);
     let server = MockServer::start().await;
     let issuer = format!("{}/7/oauth2", server.uri());
     mount_discovery(&server, &issuer).await;
-    let message = json!({
-        "provet_id": 7, "client_id": "web-app", "client_secret": "web-secret", "algorithm": "RS256",
-        "authorization_grant_type": "authorization-code", "client_type": "confidential",
-        "redirect_uris": "http://broker.test/oauth/callback",
-        "token_url": format!("{issuer}/token/"), "authorize_url": format!("{issuer}/authorize/"),
-        "openid_autodiscovery_url": format!("{issuer}/.well-known/openid-configuration"),
-    });
-    assert_eq!(daemon.hookup(&message).await.0, 200);
-    for _ in 0..100 {
-        if daemon.get("/admin/tenants/7", Some(&admin)).await.1["discovery"]["state"] == "ok" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(daemon.hookup(&web_app_hookup(&issuer)).await.0, 200);
+    wait_for_discovery(&daemon, &admin, 7, "ok").await;
     Setup {
         daemon,
         admin,

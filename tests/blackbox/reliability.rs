@@ -357,20 +357,13 @@ async fn every_route_checks_its_role_and_guessing_is_throttled() {
     let db = TestDb::new(Backend::Sqlite).await;
     // The tenant's token URL is a closed port on 127.0.0.1: routes that call the provider
     // must reach nothing outside this machine.
-    let mut config = DaemonConfig::new();
-    config.extra_env.push((
-        "BROKER_HOOKUP__ALLOWED_HOSTS".into(),
-        r#"["127.0.0.1"]"#.into(),
-    ));
-    config
-        .extra_env
-        .push(("BROKER_HOOKUP__ALLOW_HTTP".into(), "true".into()));
-    // Above the failures the route walk itself makes (two per protected route at most),
-    // so that only the guessing below reaches it.
-    config
-        .extra_env
-        .push(("BROKER_SERVER__AUTH_FAILURE_LIMIT".into(), "50".into()));
-    let daemon = Daemon::start(&db, config).await;
+    // The failure limit is above the failures the route walk itself makes (two per protected
+    // route at most), so that only the guessing below reaches it.
+    let daemon = Daemon::start(
+        &db,
+        mock_provider_config(&[("BROKER_SERVER__AUTH_FAILURE_LIMIT", "50")]),
+    )
+    .await;
     let mut message = client_credentials(9, "acl", "acl-secret");
     message["token_url"] = json!("http://127.0.0.1:1/9/oauth2/token/");
     message["authorize_url"] = json!("http://127.0.0.1:1/9/oauth2/authorize/");
@@ -478,15 +471,7 @@ async fn a_replica_killed_holding_the_refresh_lock_is_taken_over() {
         )
         .mount(&server)
         .await;
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        ("BROKER_TOKENS__TIMEOUT".to_owned(), "5s".to_owned()),
-    ]);
+    let config = mock_provider_config(&[("BROKER_TOKENS__TIMEOUT", "5s")]);
     let a = Daemon::start(&db, config.clone()).await;
     let b = Daemon::start(&db, config).await;
     let key = a.api_key("admin", &[]);

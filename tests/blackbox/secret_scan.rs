@@ -20,18 +20,7 @@ async fn no_secret_leaves_the_daemon(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = MockServer::start().await;
     let base = server.uri();
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        (
-            "BROKER_TOKENS__VERIFY_ON_HOOKUP".to_owned(),
-            "true".to_owned(),
-        ),
-    ]);
+    let config = mock_provider_config(&[("BROKER_TOKENS__VERIFY_ON_HOOKUP", "true")]);
     let daemon = Daemon::start(&db, config).await;
     let mut secrets: Vec<String> = Vec::new();
     let mut access_tokens: Vec<String> = Vec::new();

@@ -14,36 +14,21 @@ use crate::tokens::token;
 const TOKEN: &str = "/7/oauth2/token/";
 
 async fn daemon(db: &TestDb) -> Daemon {
-    let mut config = DaemonConfig::new();
-    config.extra_env.extend([
-        (
-            "BROKER_HOOKUP__ALLOWED_HOSTS".to_owned(),
-            r#"["127.0.0.1"]"#.to_owned(),
-        ),
-        ("BROKER_HOOKUP__ALLOW_HTTP".to_owned(), "true".to_owned()),
-        ("BROKER_TOKENS__TIMEOUT".to_owned(), "1s".to_owned()),
-        ("BROKER_DISCOVERY__ENABLED".to_owned(), "true".to_owned()),
+    let config = mock_provider_config(&[
+        ("BROKER_TOKENS__TIMEOUT", "1s"),
+        ("BROKER_DISCOVERY__ENABLED", "true"),
     ]);
     Daemon::start(db, config).await
 }
 
 fn hookup(base: &str, openid: bool) -> Value {
-    json!({
-        "provet_id": 7,
-        "client_id": "mock-client",
-        "client_secret": "mock-secret",
-        "algorithm": if openid { json!("RS256") } else { Value::Null },
-        "authorization_grant_type": "client_credentials",
-        "client_type": "confidential",
-        "redirect_uris": "",
-        "token_url": format!("{base}{TOKEN}"),
-        "authorize_url": format!("{base}/7/oauth2/authorize/"),
-        "openid_autodiscovery_url": if openid {
-            json!(format!("{base}/7/oauth2/.well-known/openid-configuration"))
-        } else {
-            Value::Null
-        },
-    })
+    let mut message = mock_client_credentials(base, 7, "mock-client", "mock-secret", TOKEN);
+    if openid {
+        message["algorithm"] = json!("RS256");
+        message["openid_autodiscovery_url"] =
+            json!(format!("{base}/7/oauth2/.well-known/openid-configuration"));
+    }
+    message
 }
 
 fn issued(access: &str, expires_in: u64) -> ResponseTemplate {

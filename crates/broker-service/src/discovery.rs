@@ -275,8 +275,8 @@ impl Discovery {
                 Err(e) => self.record_failure(&job, &e.to_string(), now).await,
             };
             let label = match &outcome {
-                RunOutcome::Ok => "ok",
-                RunOutcome::Failed(_) => "failed",
+                RunOutcome::Ok => DiscoveryState::Ok.as_str(),
+                RunOutcome::Failed(_) => DiscoveryState::Failed.as_str(),
                 RunOutcome::Superseded => "superseded",
             };
             self.metrics.discovery_run(label, self.clock.since(started));

@@ -1,11 +1,11 @@
 //! Discovery state: scheduling, claiming with a lease, and recording results.
 
-use broker_domain::DiscoveryState;
+use broker_domain::{DiscoveryState, EventType};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, UpdateMany,
 };
 use serde_json::Value;
 
@@ -96,56 +96,7 @@ impl Discovery {
     ) -> Result<bool> {
         // One conditional statement: the row is written only while this replica still holds
         // its lease for the same URL (a hookup may have changed it, or the lease moved on).
-        let warnings =
-            (!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string());
-        let update = discovery::Entity::update_many()
-            .col_expr(discovery::Column::State, DiscoveryState::Ok.into())
-            .col_expr(discovery::Column::Issuer, Some(found.issuer).into())
-            .col_expr(
-                discovery::Column::Document,
-                Some(found.document.to_string()).into(),
-            )
-            .col_expr(
-                discovery::Column::TokenEndpoint,
-                found.token_endpoint.into(),
-            )
-            .col_expr(
-                discovery::Column::AuthorizationEndpoint,
-                Some(found.authorization_endpoint).into(),
-            )
-            .col_expr(discovery::Column::JwksUri, Some(found.jwks_uri).into())
-            .col_expr(
-                discovery::Column::UserinfoEndpoint,
-                found.userinfo_endpoint.into(),
-            )
-            .col_expr(
-                discovery::Column::RevocationEndpoint,
-                found.revocation_endpoint.into(),
-            )
-            .col_expr(
-                discovery::Column::AuthMethods,
-                Some(Value::from(found.auth_methods).to_string()).into(),
-            )
-            .col_expr(discovery::Column::Jwks, Some(found.jwks.to_string()).into())
-            .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
-            .col_expr(
-                discovery::Column::JwksExpiresAt,
-                found.jwks_expires_at.into(),
-            )
-            .col_expr(discovery::Column::Warnings, warnings.into())
-            .col_expr(discovery::Column::FetchedAt, Some(now).into())
-            .col_expr(discovery::Column::LastAttemptAt, Some(now).into())
-            .col_expr(discovery::Column::NextDueAt, next_due.into())
-            .col_expr(discovery::Column::Attempts, 0.into())
-            .col_expr(discovery::Column::LastError, Option::<String>::None.into())
-            .col_expr(discovery::Column::LeaseOwner, Option::<String>::None.into())
-            .col_expr(
-                discovery::Column::LeaseExpiresAt,
-                Option::<DateTime<Utc>>::None.into(),
-            )
-            .filter(discovery::Column::ProvetId.eq(job.provet_id))
-            .filter(discovery::Column::LeaseOwner.eq(owner))
-            .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()));
+        let update = success_update(owner, job, found, now, next_due);
         let w = self.db.begin_write().await?;
         crate::events::lock_tenant(&w.tx, job.provet_id).await?;
         let before = discovery::Entity::find_by_id(job.provet_id)
@@ -157,14 +108,12 @@ impl Discovery {
                 .map(|t| (t, d.last_error))
         });
         if let Some((event_type, last_error)) = &event {
-            crate::events::append(
+            append_discovery_event(
                 &w.tx,
-                &crate::events::NewEvent::new(
-                    job.provet_id,
-                    *event_type,
-                    serde_json::json!({ "last_error": last_error }),
-                    now,
-                ),
+                job.provet_id,
+                *event_type,
+                last_error.as_deref(),
+                now,
             )
             .await?;
         }
@@ -201,16 +150,7 @@ impl Discovery {
         crate::events::lock_tenant(&w.tx, job.provet_id).await?;
         row.update(&w.tx).await?;
         if let Some(event_type) = event {
-            crate::events::append(
-                &w.tx,
-                &crate::events::NewEvent::new(
-                    job.provet_id,
-                    event_type,
-                    serde_json::json!({ "last_error": error }),
-                    now,
-                ),
-            )
-            .await?;
+            append_discovery_event(&w.tx, job.provet_id, event_type, Some(error), now).await?;
         }
         w.tx.commit().await?;
         self.db.published(event.as_slice());
@@ -439,4 +379,83 @@ fn discovery_record(d: discovery::Model) -> DiscoveryRecord {
         attempts: d.attempts,
         last_error: d.last_error,
     }
+}
+
+/// The one conditional statement that records a successful run and releases the lease.
+fn success_update(
+    owner: &str,
+    job: &DiscoveryJob,
+    found: DiscoverySuccess,
+    now: DateTime<Utc>,
+    next_due: DateTime<Utc>,
+) -> UpdateMany<discovery::Entity> {
+    let warnings = (!found.warnings.is_empty()).then(|| Value::from(found.warnings).to_string());
+    discovery::Entity::update_many()
+        .col_expr(discovery::Column::State, DiscoveryState::Ok.into())
+        .col_expr(discovery::Column::Issuer, Some(found.issuer).into())
+        .col_expr(
+            discovery::Column::Document,
+            Some(found.document.to_string()).into(),
+        )
+        .col_expr(
+            discovery::Column::TokenEndpoint,
+            found.token_endpoint.into(),
+        )
+        .col_expr(
+            discovery::Column::AuthorizationEndpoint,
+            Some(found.authorization_endpoint).into(),
+        )
+        .col_expr(discovery::Column::JwksUri, Some(found.jwks_uri).into())
+        .col_expr(
+            discovery::Column::UserinfoEndpoint,
+            found.userinfo_endpoint.into(),
+        )
+        .col_expr(
+            discovery::Column::RevocationEndpoint,
+            found.revocation_endpoint.into(),
+        )
+        .col_expr(
+            discovery::Column::AuthMethods,
+            Some(Value::from(found.auth_methods).to_string()).into(),
+        )
+        .col_expr(discovery::Column::Jwks, Some(found.jwks.to_string()).into())
+        .col_expr(discovery::Column::JwksFetchedAt, Some(now).into())
+        .col_expr(
+            discovery::Column::JwksExpiresAt,
+            found.jwks_expires_at.into(),
+        )
+        .col_expr(discovery::Column::Warnings, warnings.into())
+        .col_expr(discovery::Column::FetchedAt, Some(now).into())
+        .col_expr(discovery::Column::LastAttemptAt, Some(now).into())
+        .col_expr(discovery::Column::NextDueAt, next_due.into())
+        .col_expr(discovery::Column::Attempts, 0.into())
+        .col_expr(discovery::Column::LastError, Option::<String>::None.into())
+        .col_expr(discovery::Column::LeaseOwner, Option::<String>::None.into())
+        .col_expr(
+            discovery::Column::LeaseExpiresAt,
+            Option::<DateTime<Utc>>::None.into(),
+        )
+        .filter(discovery::Column::ProvetId.eq(job.provet_id))
+        .filter(discovery::Column::LeaseOwner.eq(owner))
+        .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
+}
+
+/// The event of a run that changed the tenant's discovery state, in the run's transaction.
+async fn append_discovery_event(
+    tx: &DatabaseTransaction,
+    provet_id: i64,
+    event_type: EventType,
+    last_error: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    crate::events::append(
+        tx,
+        &crate::events::NewEvent::new(
+            provet_id,
+            event_type,
+            serde_json::json!({ "last_error": last_error }),
+            now,
+        ),
+    )
+    .await
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Set, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryResult, Set, Statement,
+};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -15,6 +17,23 @@ use crate::db::Db;
 use crate::entity::{client, discovery, tenant, token};
 use crate::records::{StoredToken, TokenClientRecord, TokenKey};
 use crate::{Keyring, Result, StoreError};
+
+/// Takes the lease of `$1` (for tenant `$2`, owner `$3`, `$4` ms) unless a live holder has
+/// it, and reads the stored token of (`$2`, `$5`, `$6`, `$7`) in the same statement: `fence`
+/// is null when the lease was not taken.
+const TAKE_LEASE_AND_READ_TOKEN: &str = r#"WITH lease AS (
+        INSERT INTO token_leases (lock_key, provet_id, owner, fence, expires_at)
+        VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4::double precision / 1000))
+        ON CONFLICT (lock_key) DO UPDATE
+            SET owner = EXCLUDED.owner, fence = token_leases.fence + 1,
+                expires_at = EXCLUDED.expires_at
+            WHERE token_leases.expires_at < now()
+        RETURNING fence)
+    SELECT (SELECT fence FROM lease) AS fence, t.access_token, t.token_type,
+           t.expires_at, t.obtained_at, t.granted_scope
+    FROM (SELECT 1) AS one
+    LEFT JOIN tokens t ON t.provet_id = $2 AND t.client_id = $5
+        AND t.scope = $6 AND t.subject = $7"#;
 
 /// One replica's turn to ask the provider for a token key (PostgreSQL). A row in
 /// `token_leases`, taken and released by single statements, so that no connection is held
@@ -274,19 +293,7 @@ impl Tokens {
             .cache
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                r#"WITH lease AS (
-                    INSERT INTO token_leases (lock_key, provet_id, owner, fence, expires_at)
-                    VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4::double precision / 1000))
-                    ON CONFLICT (lock_key) DO UPDATE
-                        SET owner = EXCLUDED.owner, fence = token_leases.fence + 1,
-                            expires_at = EXCLUDED.expires_at
-                        WHERE token_leases.expires_at < now()
-                    RETURNING fence)
-                SELECT (SELECT fence FROM lease) AS fence, t.access_token, t.token_type,
-                       t.expires_at, t.obtained_at, t.granted_scope
-                FROM (SELECT 1) AS one
-                LEFT JOIN tokens t ON t.provet_id = $2 AND t.client_id = $5
-                    AND t.scope = $6 AND t.subject = $7"#,
+                TAKE_LEASE_AND_READ_TOKEN,
                 [
                     lock_key.clone().into(),
                     key.provet_id.into(),
@@ -300,24 +307,7 @@ impl Tokens {
             .await?
             .ok_or_else(|| StoreError::Corrupt("the lease statement returned no row".into()))?;
         let fence: Option<i64> = row.try_get("", "fence")?;
-        let sealed: Option<String> = row.try_get("", "access_token")?;
-        let stored = match sealed {
-            Some(access_token) => Some(self.stored_token(
-                key,
-                token::Model {
-                    provet_id: key.provet_id,
-                    client_id: key.client_id.clone(),
-                    scope: key.scope.clone(),
-                    subject: key.subject.clone(),
-                    access_token,
-                    token_type: row.try_get("", "token_type")?,
-                    expires_at: row.try_get("", "expires_at")?,
-                    obtained_at: row.try_get("", "obtained_at")?,
-                    granted_scope: row.try_get("", "granted_scope")?,
-                },
-            )?),
-            None => None,
-        };
+        let stored = self.token_in_lease_row(key, &row)?;
         // Taking the lease may have waited for the previous holder's commit, which stored
         // its token after this statement's snapshot: read the token again, so a fresh one
         // is never missed.
@@ -333,6 +323,25 @@ impl Tokens {
             }),
             stored,
         })
+    }
+
+    /// The stored token the lease statement read beside the fence, if there is one.
+    fn token_in_lease_row(&self, key: &TokenKey, row: &QueryResult) -> Result<Option<StoredToken>> {
+        let Some(access_token) = row.try_get::<Option<String>>("", "access_token")? else {
+            return Ok(None);
+        };
+        let model = token::Model {
+            provet_id: key.provet_id,
+            client_id: key.client_id.clone(),
+            scope: key.scope.clone(),
+            subject: key.subject.clone(),
+            access_token,
+            token_type: row.try_get("", "token_type")?,
+            expires_at: row.try_get("", "expires_at")?,
+            obtained_at: row.try_get("", "obtained_at")?,
+            granted_scope: row.try_get("", "granted_scope")?,
+        };
+        self.stored_token(key, model).map(Some)
     }
 
     /// Gives the turn back (when the provider failed, or a stored token did after all).

@@ -9,6 +9,7 @@ use broker_domain::{ApiKeyRole, ProvetId};
 use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
 use broker_service::tenants::Rerun;
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
@@ -55,8 +56,8 @@ pub enum ApiKeyCommand {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(long, value_parser = ["token", "admin"])]
-        role: String,
+        #[arg(long, value_parser = role_parser())]
+        role: ApiKeyRole,
         /// Limit a token key to a tenant (repeatable); without it the key serves every
         /// tenant. Admin keys are never tenant-scoped.
         #[arg(long = "tenant", value_name = "PROVET_ID")]
@@ -150,6 +151,12 @@ async fn rekey(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--role`: one of the roles' spellings (listed in `--help`), parsed into the enum.
+fn role_parser() -> impl TypedValueParser<Value = ApiKeyRole> {
+    clap::builder::PossibleValuesParser::new(ApiKeyRole::ALL.iter().map(|r| r.as_str()))
+        .try_map(|s| s.parse::<ApiKeyRole>())
+}
+
 async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> {
     let use_cases = offline_use_cases(settings).await?;
     match cmd {
@@ -158,7 +165,6 @@ async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> 
             role,
             tenants,
         } => {
-            let role: ApiKeyRole = role.parse().map_err(anyhow::Error::msg)?;
             if role == ApiKeyRole::Admin && !tenants.is_empty() {
                 bail!(
                     "--tenant cannot be used with --role admin: admin keys are never tenant-scoped (create a --role token key for those tenants)"

@@ -60,16 +60,14 @@ pub async fn list_tenants(
     params: web::Query<ServiceTenantParams>,
 ) -> Result<HttpResponse, ApiError> {
     let params = params.into_inner();
-    let status = match params.status.as_deref().unwrap_or("active") {
-        "all" => None,
-        "active" => Some(TenantStatus::Active),
-        "removed" => Some(TenantStatus::Removed),
-        _ => {
-            return Err(invalid(
-                "status",
-                "must be `active`, `removed` or `all`".into(),
-            ));
-        }
+    // Without a filter, only active tenants; `all` lifts it.
+    let status = match params.status.as_deref() {
+        None => Some(TenantStatus::Active),
+        Some("all") => None,
+        Some(s) => Some(
+            s.parse::<TenantStatus>()
+                .map_err(|_| invalid("status", "must be `active`, `removed` or `all`".into()))?,
+        ),
     };
     let updated_since = params
         .updated_since

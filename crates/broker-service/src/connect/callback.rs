@@ -2,8 +2,8 @@
 //! with the PKCE verifier, the ID token checked, and the grant stored.
 
 use broker_oauth::id_token::{self, Expected, FoundKey, IdTokenError, KeyNeeded};
-use broker_oauth::token::{self as oauth, TokenError};
-use broker_store::{TakenAuthorization, TokenClientRecord, TokenKey};
+use broker_oauth::token::{self as oauth, IssuedToken, TokenError};
+use broker_store::{AuthorizationRecord, TakenAuthorization, TokenClientRecord, TokenKey};
 use chrono::{DateTime, Utc};
 
 use super::{CallbackError, ConnectFlow, Connected, random_token, state_hash};
@@ -42,17 +42,7 @@ impl ConnectFlow {
             .filter(|s| !s.is_empty() && s.len() <= 256)
             .ok_or(CallbackError::MissingState)?;
         let now = self.now();
-        let auth = match self
-            .store
-            .grants()
-            .take_authorization(&state_hash(state), now)
-            .await?
-        {
-            TakenAuthorization::Taken(a) => a,
-            TakenAuthorization::Unknown => return Err(CallbackError::UnknownState),
-            TakenAuthorization::Expired => return Err(CallbackError::ExpiredState),
-            TakenAuthorization::AlreadyUsed => return Err(CallbackError::ReplayedState),
-        };
+        let auth = self.take_authorization(state, now).await?;
         if let Some(error) = error {
             return Err(CallbackError::ProviderError {
                 error: error.chars().take(64).collect(),
@@ -62,28 +52,8 @@ impl ConnectFlow {
         let code = code
             .filter(|c| !c.is_empty())
             .ok_or(CallbackError::MissingCode)?;
-        let client = match self.store.tokens().token_client(auth.provet_id).await? {
-            Some(c)
-                if c.tenant_status == broker_domain::TenantStatus::Active
-                    && c.client_id == auth.client_id =>
-            {
-                c
-            }
-            _ => return Err(CallbackError::ClientChanged),
-        };
-        let issued = oauth::exchange_code(
-            &self.tokens.upstream,
-            &crate::tokens::token_client(&client),
-            code,
-            &auth.pkce_verifier,
-            &auth.redirect_uri,
-        )
-        .await
-        .map_err(|e| match e {
-            TokenError::Unavailable { reason, .. } => CallbackError::ExchangeUnavailable(reason),
-            other => CallbackError::ExchangeRejected(other.to_string()),
-        })?;
-
+        let client = self.client_of(&auth).await?;
+        let issued = self.exchange_code(&client, &auth, code).await?;
         let openid = auth.scope.split(' ').any(|s| s == "openid");
         let subject = match (&issued.id_token, openid) {
             (Some(token), _) => {
@@ -117,6 +87,63 @@ impl ConnectFlow {
             provet_id: client.provet_id,
             subject,
             return_to: auth.return_to,
+        })
+    }
+
+    /// Takes the one-time authorization that `state` names, if it is known, live and unused.
+    async fn take_authorization(
+        &self,
+        state: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizationRecord, CallbackError> {
+        match self
+            .store
+            .grants()
+            .take_authorization(&state_hash(state), now)
+            .await?
+        {
+            TakenAuthorization::Taken(a) => Ok(a),
+            TakenAuthorization::Unknown => Err(CallbackError::UnknownState),
+            TakenAuthorization::Expired => Err(CallbackError::ExpiredState),
+            TakenAuthorization::AlreadyUsed => Err(CallbackError::ReplayedState),
+        }
+    }
+
+    /// The tenant's client, unless the tenant was removed or its client replaced since the
+    /// authorization started.
+    async fn client_of(
+        &self,
+        auth: &AuthorizationRecord,
+    ) -> Result<TokenClientRecord, CallbackError> {
+        match self.store.tokens().token_client(auth.provet_id).await? {
+            Some(c)
+                if c.tenant_status == broker_domain::TenantStatus::Active
+                    && c.client_id == auth.client_id =>
+            {
+                Ok(c)
+            }
+            _ => Err(CallbackError::ClientChanged),
+        }
+    }
+
+    /// Exchanges the code with the authorization's PKCE verifier and redirect URI.
+    async fn exchange_code(
+        &self,
+        client: &TokenClientRecord,
+        auth: &AuthorizationRecord,
+        code: &str,
+    ) -> Result<IssuedToken, CallbackError> {
+        oauth::exchange_code(
+            &self.tokens.upstream,
+            &crate::tokens::token_client(client),
+            code,
+            &auth.pkce_verifier,
+            &auth.redirect_uri,
+        )
+        .await
+        .map_err(|e| match e {
+            TokenError::Unavailable { reason, .. } => CallbackError::ExchangeUnavailable(reason),
+            other => CallbackError::ExchangeRejected(other.to_string()),
         })
     }
 

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 
 use broker_oauth::authorize::{AuthorizeRequest, Pkce};
-use broker_store::{NewAuthorization, Store};
+use broker_store::{NewAuthorization, Store, TokenClientRecord};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -172,39 +172,9 @@ impl ConnectFlow {
         let return_to = return_to
             .map(|r| self.settings.allowed_return_to.check(&r))
             .transpose()?;
-        let client = match self.store.tokens().token_client(provet_id).await? {
-            Some(c) if c.tenant_status == broker_domain::TenantStatus::Active => c,
-            _ => return Err(AuthorizationError::TenantNotFound(provet_id)),
-        };
-        if client.grant_type != broker_domain::GrantType::AuthorizationCode {
-            return Err(AuthorizationError::Misconfigured(format!(
-                "tenant {provet_id} uses the {} grant: it needs no clinic user to connect",
-                client.grant_type
-            )));
-        }
+        let client = self.connectable_client(provet_id).await?;
+        let (scope, openid) = self.authorization_scope(&client, scope)?;
         let callback = &self.settings.callback_url;
-        if !client.redirect_uris.iter().any(|u| u == callback) {
-            return Err(AuthorizationError::Misconfigured(format!(
-                "the broker's callback {callback} is not among the tenant's redirect URIs; add it to the integration's redirect URIs at Provet (or set server.public_url)"
-            )));
-        }
-        let default_scope = if client.algorithm.is_some() {
-            "openid restapi"
-        } else {
-            "restapi"
-        };
-        let scope = crate::tokens::policy::scope(
-            Some(scope.as_deref().unwrap_or(default_scope)),
-            &self.tokens.settings.allowed_scopes,
-        )
-        .map_err(|e| AuthorizationError::InvalidRequest(e.to_string()))?;
-        let openid = scope.split(' ').any(|s| s == "openid");
-        if openid && client.algorithm.is_none() {
-            return Err(AuthorizationError::InvalidRequest(
-                "scope `openid` needs a client with an ID-token algorithm; this tenant's has none"
-                    .into(),
-            ));
-        }
         let state = random_token(32);
         let pkce = Pkce::new_s256();
         let nonce = openid.then(|| random_token(16));
@@ -248,5 +218,58 @@ impl ConnectFlow {
             authorize_url: url.to_string(),
             expires_at,
         })
+    }
+
+    /// The tenant's client, if a clinic user can connect it: an active authorization-code
+    /// tenant whose redirect URIs include the broker's callback.
+    async fn connectable_client(
+        &self,
+        provet_id: i64,
+    ) -> Result<TokenClientRecord, AuthorizationError> {
+        let client = match self.store.tokens().token_client(provet_id).await? {
+            Some(c) if c.tenant_status == broker_domain::TenantStatus::Active => c,
+            _ => return Err(AuthorizationError::TenantNotFound(provet_id)),
+        };
+        if client.grant_type != broker_domain::GrantType::AuthorizationCode {
+            return Err(AuthorizationError::Misconfigured(format!(
+                "tenant {provet_id} uses the {} grant: it needs no clinic user to connect",
+                client.grant_type
+            )));
+        }
+        let callback = &self.settings.callback_url;
+        if !client.redirect_uris.iter().any(|u| u == callback) {
+            return Err(AuthorizationError::Misconfigured(format!(
+                "the broker's callback {callback} is not among the tenant's redirect URIs; add it to the integration's redirect URIs at Provet (or set server.public_url)"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// The scope to ask for (the caller's, else `openid restapi` for an OpenID Connect client
+    /// and `restapi` otherwise), checked against the allowed scopes; and whether it asks for
+    /// an ID token, which only a client with an ID-token algorithm can verify.
+    fn authorization_scope(
+        &self,
+        client: &TokenClientRecord,
+        scope: Option<String>,
+    ) -> Result<(String, bool), AuthorizationError> {
+        let default_scope = if client.algorithm.is_some() {
+            "openid restapi"
+        } else {
+            "restapi"
+        };
+        let scope = crate::tokens::policy::scope(
+            Some(scope.as_deref().unwrap_or(default_scope)),
+            &self.tokens.settings.allowed_scopes,
+        )
+        .map_err(|e| AuthorizationError::InvalidRequest(e.to_string()))?;
+        let openid = scope.split(' ').any(|s| s == "openid");
+        if openid && client.algorithm.is_none() {
+            return Err(AuthorizationError::InvalidRequest(
+                "scope `openid` needs a client with an ID-token algorithm; this tenant's has none"
+                    .into(),
+            ));
+        }
+        Ok((scope, openid))
     }
 }

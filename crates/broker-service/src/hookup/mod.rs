@@ -12,7 +12,8 @@ mod writer;
 use std::sync::Arc;
 
 use broker_domain::{
-    FieldError, GrantType, HookupMessage, ParseError, ProvetId, Rejected, UrlPolicy,
+    DeliveryOutcome, FieldError, GrantType, HookupMessage, ParseError, ProvetId, Rejected,
+    UrlPolicy,
 };
 use broker_store::Store;
 use sha2::{Digest, Sha256};
@@ -98,7 +99,7 @@ impl HookupIntake {
             Ok(msg) => msg,
             Err(rejected) => {
                 self.record_rejection(body, &rejected).await;
-                self.metrics.hookup("rejected");
+                self.metrics.hookup(DeliveryOutcome::Rejected.as_str());
                 return Err(rejected.error.into());
             }
         };

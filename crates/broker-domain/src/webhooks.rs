@@ -112,6 +112,7 @@ impl EventSelection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{DeliveryState, WebhookState};
 
     #[test]
     fn webhook_urls_are_absolute_http_and_never_link_local() {

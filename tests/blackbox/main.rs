@@ -23,5 +23,6 @@ mod reliability;
 mod scale;
 mod secret_scan;
 mod secrets;
+mod state_events;
 mod token_faults;
 mod tokens;

@@ -23,6 +23,7 @@ mod reliability;
 mod scale;
 mod secret_scan;
 mod secrets;
+mod state_events;
 mod token_faults;
 mod tokens;
 mod webhooks;

@@ -65,6 +65,24 @@ impl Db {
         })
     }
 
+    /// A write transaction on the cache pool (no fsync of its own): for state that can be
+    /// derived again if a power cut loses its last commits, such as webhook claims and
+    /// delivery outcomes (losing one means a delivery is sent again: at least once).
+    pub(crate) async fn begin_cache_write(&self) -> Result<WriteTx<'_>> {
+        let writer = self.sqlite_write_lock().await;
+        let tx = self
+            .cache
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
+    }
+
     /// For single statements outside `begin_write`: on SQLite, queue behind other writers.
     pub(crate) async fn sqlite_write_lock(&self) -> Option<MutexGuard<'_, ()>> {
         match &self.sqlite_writer {

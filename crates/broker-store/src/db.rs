@@ -65,13 +65,20 @@ impl Db {
         })
     }
 
-    /// A write transaction on the cache pool (no fsync of its own): for state that can be
-    /// derived again if a power cut loses its last commits, such as webhook claims and
-    /// delivery outcomes (losing one means a delivery is sent again: at least once).
-    pub(crate) async fn begin_cache_write(&self) -> Result<WriteTx<'_>> {
+    /// A write transaction for state that can be derived again if a power cut loses its
+    /// last commits, such as webhook claims and delivery outcomes (losing one means a
+    /// delivery is sent again: at least once). On SQLite it runs on the cache pool (no fsync
+    /// of its own beside the hookups' one writer); on PostgreSQL on the durable pool, where
+    /// measurements showed the cache pool's few connections (shared with token saves) cost
+    /// more than the commit they save.
+    pub(crate) async fn begin_derived_write(&self) -> Result<WriteTx<'_>> {
         let writer = self.sqlite_write_lock().await;
-        let tx = self
-            .cache
+        let pool = if self.is_postgres() {
+            &self.main
+        } else {
+            &self.cache
+        };
+        let tx = pool
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..Default::default()

@@ -5,10 +5,10 @@
 //! and records the outcome only while it still holds the claim (a compare-and-set on the
 //! claim's token).
 //!
-//! Dispatching, claims and outcomes are written on the cache pool (no fsync of their own):
-//! every delivery is derived from the durable events outbox, so what a power cut may lose is
-//! redone from the cursor, and a delivery is at worst sent again (at least once). Endpoints
-//! themselves are written durably.
+//! Dispatching, claims and outcomes are derived state (`Db::begin_derived_write`: on SQLite
+//! without an fsync of their own): every delivery comes from the durable events outbox, so
+//! what a power cut may lose is redone from the cursor, and a delivery is at worst sent again
+//! (at least once). Endpoints themselves are written durably.
 
 use broker_domain::{DeliveryState, EventSelection, WebhookState};
 use chrono::{DateTime, Utc};
@@ -279,7 +279,7 @@ impl Webhooks {
         if !self.dispatch_has_work().await? {
             return Ok(DispatchReport::default());
         }
-        let w = self.db.begin_cache_write().await?;
+        let w = self.db.begin_derived_write().await?;
         let backend = self.db.backend();
         let lock = if backend == DbBackend::Postgres {
             " FOR UPDATE SKIP LOCKED"
@@ -466,7 +466,7 @@ impl Webhooks {
         now: DateTime<Utc>,
         claimed_until: DateTime<Utc>,
     ) -> Result<Vec<ClaimedDelivery>> {
-        let w = self.db.begin_cache_write().await?;
+        let w = self.db.begin_derived_write().await?;
         let mut q = webhook_delivery::Entity::find()
             .filter(which)
             .filter(
@@ -528,7 +528,7 @@ impl Webhooks {
             .error
             .as_deref()
             .map(|e| e.chars().take(200).collect::<String>());
-        let w = self.db.begin_cache_write().await?;
+        let w = self.db.begin_derived_write().await?;
         let updated = webhook_delivery::Entity::update_many()
             .col_expr(
                 webhook_delivery::Column::State,

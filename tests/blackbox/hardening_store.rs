@@ -348,22 +348,7 @@ async fn oidc_setup() -> OidcSetup {
 
 /// Runs the connect flow with an ID token carrying `aud` and `azp` (absent when `None`).
 async fn connect_with(s: &OidcSetup, aud: Value, azp: Option<&str>) -> (u16, String) {
-    let (status, started) = s
-        .daemon
-        .send(
-            reqwest::Method::POST,
-            "/v1/tenants/7/authorizations",
-            Some(&s.admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{started}");
-    let query: std::collections::HashMap<String, String> =
-        url::Url::parse(started["authorize_url"].as_str().expect("url"))
-            .expect("url")
-            .query_pairs()
-            .into_owned()
-            .collect();
+    let query = start_authorization(&s.daemon, &s.admin).await;
     let now = chrono::Utc::now().timestamp();
     let mut claims = json!({
         "iss": s.issuer, "aud": aud, "sub": "user-42", "exp": now + 3600, "iat": now,

@@ -80,22 +80,7 @@ async fn mount_discovery(server: &MockServer, issuer: &str) {
 /// Starts an authorization, makes the token endpoint answer with `id_token(nonce)`, and
 /// delivers the callback. Returns the callback's status and page.
 async fn attempt(s: &Setup, id_token: impl Fn(&str) -> String) -> (u16, String) {
-    let (status, started) = s
-        .daemon
-        .send(
-            reqwest::Method::POST,
-            "/v1/tenants/7/authorizations",
-            Some(&s.admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{started}");
-    let query: std::collections::HashMap<String, String> =
-        url::Url::parse(started["authorize_url"].as_str().expect("url"))
-            .expect("url")
-            .query_pairs()
-            .into_owned()
-            .collect();
+    let query = start_authorization(&s.daemon, &s.admin).await;
     s.server.reset().await;
     mount_discovery(&s.server, &s.issuer).await;
     Mock::given(method("POST"))

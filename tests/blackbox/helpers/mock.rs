@@ -84,3 +84,25 @@ pub async fn wait_for_discovery(daemon: &Daemon, admin: &str, id: i64, state: &s
     }
     seen
 }
+
+/// Starts an authorization for tenant 7 (the web app of `web_app_hookup`) and returns the
+/// query of its `authorize_url` (`state`, `nonce`, `code_challenge`, ...).
+pub async fn start_authorization(
+    daemon: &Daemon,
+    admin: &str,
+) -> std::collections::HashMap<String, String> {
+    let (status, started) = daemon
+        .send(
+            reqwest::Method::POST,
+            "/v1/tenants/7/authorizations",
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{started}");
+    url::Url::parse(started["authorize_url"].as_str().expect("url"))
+        .expect("url")
+        .query_pairs()
+        .into_owned()
+        .collect()
+}

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod admin;
+mod audit;
 mod connect;
 mod discovery;
 mod discovery_faults;

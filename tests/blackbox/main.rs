@@ -18,6 +18,7 @@ mod id_tokens;
 mod lifecycle;
 mod pg_restart;
 mod provider;
+mod quickstart;
 mod registration;
 mod reliability;
 mod scale;

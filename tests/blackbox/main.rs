@@ -19,6 +19,7 @@ mod id_tokens;
 mod lifecycle;
 mod pg_restart;
 mod provider;
+mod quickstart;
 mod registration;
 mod reliability;
 mod scale;

@@ -133,42 +133,43 @@ impl Discovery {
         now: DateTime<Utc>,
         next_due: impl FnOnce(i32) -> DateTime<Utc>,
     ) -> Result<Option<i32>> {
-        let Some(row) = self.leased_row(owner, job).await? else {
+        // The prior state (which decides the event) is read under the tenant's lock, in the
+        // transaction that writes the new one, and the write is conditional on the lease:
+        // a concurrent transition or a lease that moved on cannot slip between them.
+        let w = self.db.begin_write().await?;
+        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
+        let Some(row) = leased(owner, job).one(&w.tx).await? else {
             return Ok(None);
         };
         let attempts = row.attempts.saturating_add(1);
         let event = crate::state_events::discovery_event(row.state, DiscoveryState::Failed);
-        let mut row = row.into_active_model();
-        row.state = Set(DiscoveryState::Failed);
-        row.last_error = Set(Some(error.to_owned()));
-        row.last_attempt_at = Set(Some(now));
-        row.attempts = Set(attempts);
-        row.next_due_at = Set(next_due(attempts));
-        row.lease_owner = Set(None);
-        row.lease_expires_at = Set(None);
-        let w = self.db.begin_write().await?;
-        crate::events::lock_tenant(&w.tx, job.provet_id).await?;
-        row.update(&w.tx).await?;
+        let updated = discovery::Entity::update_many()
+            .col_expr(discovery::Column::State, DiscoveryState::Failed.into())
+            .col_expr(discovery::Column::LastError, Some(error.to_owned()).into())
+            .col_expr(discovery::Column::LastAttemptAt, Some(now).into())
+            .col_expr(discovery::Column::Attempts, attempts.into())
+            .col_expr(discovery::Column::NextDueAt, next_due(attempts).into())
+            .col_expr(discovery::Column::LeaseOwner, Option::<String>::None.into())
+            .col_expr(
+                discovery::Column::LeaseExpiresAt,
+                Option::<DateTime<Utc>>::None.into(),
+            )
+            .filter(discovery::Column::ProvetId.eq(job.provet_id))
+            .filter(discovery::Column::LeaseOwner.eq(owner))
+            .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
+            .exec(&w.tx)
+            .await?
+            .rows_affected
+            == 1;
+        if !updated {
+            return Ok(None);
+        }
         if let Some(event_type) = event {
             append_discovery_event(&w.tx, job.provet_id, event_type, Some(error), now).await?;
         }
         w.tx.commit().await?;
         self.db.published(event.as_slice());
         Ok(Some(attempts))
-    }
-
-    /// The row still leased by `owner` for the same URL (a hookup may have changed it, or
-    /// the lease may have expired and moved on).
-    async fn leased_row(
-        &self,
-        owner: &str,
-        job: &DiscoveryJob,
-    ) -> Result<Option<discovery::Model>> {
-        Ok(discovery::Entity::find_by_id(job.provet_id)
-            .filter(discovery::Column::LeaseOwner.eq(owner))
-            .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
-            .one(&self.db.main)
-            .await?)
     }
 
     /// Stores a JWKS fetched on demand (an unknown `kid`).
@@ -458,4 +459,12 @@ async fn append_discovery_event(
         ),
     )
     .await
+}
+
+/// The row still leased by `owner` for the same URL (a hookup may have changed it, or the
+/// lease may have expired and moved on).
+fn leased(owner: &str, job: &DiscoveryJob) -> sea_orm::Select<discovery::Entity> {
+    discovery::Entity::find_by_id(job.provet_id)
+        .filter(discovery::Column::LeaseOwner.eq(owner))
+        .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
 }

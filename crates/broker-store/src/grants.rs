@@ -290,7 +290,9 @@ impl Grants {
     }
 
     /// Marks a grant (e.g. `reauthorization_required` after `invalid_grant`, or `revoked`),
-    /// wiping its refresh token and tokens when it can no longer be used.
+    /// wiping its refresh token and tokens when it can no longer be used. `error` is the
+    /// stored detail; `reason` the stable code a `grant.reauthorization_required` event
+    /// carries (ours, never the provider's free text: hence `'static`).
     pub async fn set_grant_state(
         &self,
         provet_id: i64,
@@ -298,6 +300,7 @@ impl Grants {
         subject: &str,
         state: GrantState,
         error: Option<&str>,
+        reason: Option<&'static str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let _writer = self.db.sqlite_write_lock().await;
@@ -333,7 +336,7 @@ impl Grants {
         if let Some(event_type) = event {
             let data = match event_type {
                 broker_domain::EventType::GrantReauthorizationRequired => {
-                    serde_json::json!({ "subject": subject, "reason": error })
+                    serde_json::json!({ "subject": subject, "reason": reason.unwrap_or("unknown") })
                 }
                 _ => serde_json::json!({ "subject": subject }),
             };

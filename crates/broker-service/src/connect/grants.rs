@@ -48,6 +48,7 @@ impl ConnectFlow {
                 subject,
                 broker_domain::GrantState::Revoked,
                 Some("revoked by an operator"),
+                None,
                 now,
             )
             .await?;

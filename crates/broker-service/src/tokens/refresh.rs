@@ -184,6 +184,7 @@ impl TokenBroker {
                 &key.subject,
                 broker_domain::GrantState::ReauthorizationRequired,
                 Some(&detail),
+                Some("invalid_grant"),
                 now,
             )
             .await?;

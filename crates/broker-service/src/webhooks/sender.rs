@@ -122,16 +122,52 @@ impl Resolve for NoLinkLocal {
             let host = name.as_str().to_owned();
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| !is_link_local(a.ip()))
-                .collect();
-            if permitted.is_empty() {
-                return Err(format!("`{host}` resolves only to link-local addresses").into());
-            }
-            let addrs: Addrs = Box::new(permitted.into_iter());
+            let addrs: Addrs = Box::new(permitted(&host, resolved)?.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+/// The resolved addresses a delivery may connect to: all but the link-local ones, or an
+/// error naming the host when nothing else is left.
+fn permitted(host: &str, resolved: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
+    let permitted: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|a| !is_link_local(a.ip()))
+        .collect();
+    if permitted.is_empty() {
+        Err(format!("`{host}` resolves only to link-local addresses"))
+    } else {
+        Ok(permitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_name_resolving_only_to_link_local_addresses_is_refused() {
+        let err = permitted(
+            "metadata.internal",
+            addrs(&["169.254.169.254:0", "[fe80::1]:0"]),
+        )
+        .unwrap_err();
+        assert!(err.contains("metadata.internal"), "{err}");
+        assert!(permitted("empty.internal", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn link_local_addresses_are_dropped_and_the_rest_kept() {
+        let kept = permitted(
+            "sync.internal",
+            addrs(&["169.254.10.1:0", "10.0.0.7:0", "[fe80::2]:0", "127.0.0.1:0"]),
+        )
+        .unwrap();
+        assert_eq!(kept, addrs(&["10.0.0.7:0", "127.0.0.1:0"]));
     }
 }

@@ -4,8 +4,8 @@ use broker_domain::{DiscoveryState, EventType};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, UpdateMany,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, UpdateMany,
 };
 use serde_json::Value;
 

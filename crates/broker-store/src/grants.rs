@@ -290,19 +290,20 @@ impl Grants {
     }
 
     /// Marks a grant (e.g. `reauthorization_required` after `invalid_grant`, or `revoked`),
-    /// wiping its refresh token and tokens when it can no longer be used. `error` is the
-    /// stored detail; `reason` the stable code a `grant.reauthorization_required` event
-    /// carries (ours, never the provider's free text: hence `'static`).
+    /// wiping its refresh token and tokens when it can no longer be used.
     pub async fn set_grant_state(
         &self,
         provet_id: i64,
         client_id: &str,
         subject: &str,
-        state: GrantState,
-        error: Option<&str>,
-        reason: Option<&'static str>,
+        change: GrantChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
+        let GrantChange {
+            state,
+            error,
+            reason,
+        } = change;
         let _writer = self.db.sqlite_write_lock().await;
         let tx = crate::events::begin_immediate(&self.db.main).await?;
         crate::events::lock_tenant(&tx, provet_id).await?;
@@ -372,4 +373,14 @@ impl Grants {
             .map(|g| (g.provet_id, g.subject))
             .collect())
     }
+}
+
+/// A grant's new state: the stored detail (`error`), and the stable code a
+/// `grant.reauthorization_required` event carries (`reason`: ours, never the provider's free
+/// text, hence `'static`).
+#[derive(Clone, Copy, Debug)]
+pub struct GrantChange<'a> {
+    pub state: GrantState,
+    pub error: Option<&'a str>,
+    pub reason: Option<&'static str>,
 }

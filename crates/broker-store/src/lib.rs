@@ -52,7 +52,7 @@ pub use api_keys::ApiKeys;
 pub use audit::{Audit, AuditEntry, AuditQuery};
 pub use crypto::{CryptoError, Keyring, MasterKey};
 pub use discovery::Discovery;
-pub use grants::Grants;
+pub use grants::{GrantChange, Grants};
 pub use records::*;
 pub use settings::Settings;
 pub use tenants::Tenants;

@@ -1,6 +1,7 @@
 //! Revoking a grant: at the provider when it can, and here.
 
 use broker_oauth::token as oauth;
+use broker_store::GrantChange;
 
 use super::ConnectFlow;
 use crate::StoreError;
@@ -46,9 +47,11 @@ impl ConnectFlow {
                 provet_id,
                 &client.client_id,
                 subject,
-                broker_domain::GrantState::Revoked,
-                Some("revoked by an operator"),
-                None,
+                GrantChange {
+                    state: broker_domain::GrantState::Revoked,
+                    error: Some("revoked by an operator"),
+                    reason: None,
+                },
                 now,
             )
             .await?;

@@ -5,7 +5,9 @@
 //! compare-and-set on the refresh token that was used, before anyone gets the token.
 
 use broker_oauth::token::{self as oauth, TokenError};
-use broker_store::{GrantRecord, StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease};
+use broker_store::{
+    GrantChange, GrantRecord, StoreError, StoredToken, TokenClientRecord, TokenKey, TokenLease,
+};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
@@ -182,9 +184,11 @@ impl TokenBroker {
                 key.provet_id,
                 &key.client_id,
                 &key.subject,
-                broker_domain::GrantState::ReauthorizationRequired,
-                Some(&detail),
-                Some("invalid_grant"),
+                GrantChange {
+                    state: broker_domain::GrantState::ReauthorizationRequired,
+                    error: Some(&detail),
+                    reason: Some("invalid_grant"),
+                },
                 now,
             )
             .await?;

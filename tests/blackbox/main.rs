@@ -6,6 +6,7 @@
 mod helpers;
 
 mod admin;
+mod cli_ops;
 mod connect;
 mod discovery;
 mod discovery_faults;

@@ -249,7 +249,8 @@ impl DaemonConfig {
         }
     }
 
-    fn env(&self, db: &TestDb) -> Vec<(String, String)> {
+    /// The environment the daemon (and its CLI commands) run with.
+    pub fn env(&self, db: &TestDb) -> Vec<(String, String)> {
         let mut env = vec![
             ("BROKER_SERVER__BIND".into(), "127.0.0.1:0".into()),
             (
@@ -313,19 +314,17 @@ impl Daemon {
             .expect("spawn provet-broker");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         {
             let logs = logs.clone();
             std::thread::spawn(move || {
-                let mut address = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Ok(v) = serde_json::from_str::<Value>(&line) {
                         let fields = &v["fields"];
-                        if fields["message"] == "listening" {
-                            address = fields["address"].as_str().map(str::to_owned);
-                        }
-                        if let (Some(a), Some(url)) = (&address, fields["hookup_url"].as_str()) {
-                            let _ = tx.send((a.clone(), url.to_owned()));
+                        if fields["message"] == "listening"
+                            && let Some(address) = fields["address"].as_str()
+                        {
+                            let _ = tx.send(address.to_owned());
                         }
                     }
                     logs.lock().expect("logs").push(line);
@@ -333,7 +332,7 @@ impl Daemon {
             });
         }
         let started = Instant::now();
-        let (address, hookup_url) = loop {
+        let address = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(found) => break found,
                 Err(_) => {
@@ -352,8 +351,16 @@ impl Daemon {
             }
         };
         let base = format!("http://{address}");
-        // The logged URL uses public_url; tests talk to the bound address.
-        let hookup_url = hookup_url.replacen("http://broker.test", &base, 1);
+        // The URL is logged only when generated: a configured secret is known, a stored one
+        // is what `hookup-url` prints. Either uses public_url; tests talk to the bound address.
+        let hookup_url = match &config.hookup_secret {
+            Some(secret) => format!("{base}/hookup/{secret}"),
+            None => {
+                let (ok, stdout, stderr) = run_cli(&env, &cwd, &["hookup-url"]);
+                assert!(ok, "hookup-url failed: {stderr}");
+                stdout.trim().replacen("http://broker.test", &base, 1)
+            }
+        };
         Self {
             child,
             base,

@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod cli_ops;
 mod connect;
 mod discovery;
 mod discovery_faults;

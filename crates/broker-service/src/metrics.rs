@@ -125,6 +125,12 @@ pub struct ServedLabels {
     pub cache: String,
 }
 
+/// Which accepted hookup secret opened a hookup URL: `current` or `extra`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub secret: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub authorizations: Family<OutcomeLabels, Counter>,
@@ -149,6 +155,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<OutcomeLabels, Counter>,
     pub webhook_pending_deliveries: Gauge,
     pub webhook_oldest_pending_seconds: Gauge,
+    /// Hookup requests whose secret matched, by which one (`current`, `extra`).
+    pub hookup_secret_matches: Family<SecretLabels, Counter>,
     /// One sync of `events_written` at a time (two renders at once would both add).
     events_sync: std::sync::Mutex<()>,
 }
@@ -284,8 +292,21 @@ impl Metrics {
             "Access tokens held in this process's memory",
             cached_tokens.clone(),
         );
+        let hookup_secret_matches = Family::<SecretLabels, Counter>::default();
+        registry.register(
+            "hookup_secret_matches",
+            "Hookup requests by the accepted secret their URL carried (current, extra): an extra secret at zero for long can be retired",
+            hookup_secret_matches.clone(),
+        );
+        // Both series from the start: `extra` at zero is the signal to look for.
+        for which in crate::hookup::SecretMatch::ALL {
+            let _ = hookup_secret_matches.get_or_create(&SecretLabels {
+                secret: which.as_str(),
+            });
+        }
         Self {
             registry,
+            hookup_secret_matches,
             authorizations,
             refreshes,
             grants,
@@ -334,6 +355,12 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
+            .inc();
+    }
+
+    pub fn hookup_secret_matched(&self, which: &'static str) {
+        self.hookup_secret_matches
+            .get_or_create(&SecretLabels { secret: which })
             .inc();
     }
 

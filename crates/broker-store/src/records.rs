@@ -88,6 +88,10 @@ pub struct TenantFilter {
     pub grant_type: Option<GrantType>,
     /// A discovery state; `NotApplicable` lists the tenants without a discovery URL.
     pub discovery: Option<DiscoveryState>,
+    /// The current client's credentials state.
+    pub credentials: Option<CredentialsState>,
+    /// Tenants with at least one grant in this state.
+    pub grant_state: Option<GrantState>,
     /// Keyset pagination: tenants with a larger provet_id than this.
     pub after: Option<i64>,
     pub limit: u64,

@@ -50,6 +50,17 @@ impl Settings {
         }
     }
 
+    /// The sealed setting `name`, if stored (never generates one).
+    pub async fn secret_setting(&self, name: &str) -> Result<Option<SecretString>> {
+        let Some(row) = setting::Entity::find_by_id(name.to_owned())
+            .one(&self.db.main)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.keyring.open(&aad::setting(name), &row.value)?))
+    }
+
     /// The sealed setting `name`, or `generate()`'s value stored now. When two replicas start
     /// at once, both end up with the one value that was stored first.
     pub async fn secret_setting_or_insert(

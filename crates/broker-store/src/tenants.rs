@@ -72,6 +72,21 @@ impl Tenants {
                 q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
             }
         }
+        if let Some(state) = &filter.credentials {
+            let mut sub = Query::select();
+            sub.column(client::Column::ProvetId)
+                .from(client::Entity)
+                .and_where(client::Column::IsCurrent.eq(true))
+                .and_where(client::Column::CredentialsState.eq(*state));
+            q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
+        }
+        if let Some(state) = &filter.grant_state {
+            let mut sub = Query::select();
+            sub.column(grant::Column::ProvetId)
+                .from(grant::Entity)
+                .and_where(grant::Column::State.eq(*state));
+            q = q.filter(tenant::Column::ProvetId.in_subquery(sub.to_owned()));
+        }
         let rows = q.limit(filter.limit).all(&self.db.main).await?;
         self.assemble(rows).await
     }

@@ -1,16 +1,20 @@
-//! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `rekey`.
+//! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `rekey`,
+//! `hookup-url`, `healthcheck`, `completions`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use broker_api::UseCases;
 use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
-use broker_domain::{ApiKeyRole, AuditAction, AuditOutcome, ProvetId};
+use broker_domain::{
+    ApiKeyRole, AuditAction, AuditOutcome, CredentialsState, DiscoveryState, GrantState, GrantType,
+    ProvetId, TenantStatus,
+};
 use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
 use broker_service::tenants::Rerun;
 use clap::builder::TypedValueParser;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::cli_audit;
@@ -49,6 +53,25 @@ pub enum Command {
     /// Re-seal every stored secret with the current master key (run after adding a new
     /// `secrets.master_key` and moving the old one to `secrets.previous_keys`).
     Rekey,
+    /// Print the hookup URL to give Provet (a credential: it is logged only when generated).
+    /// Never generates a secret: fails when none is configured or stored yet.
+    HookupUrl,
+    /// Ask the daemon's `/readyz`: exit 0 when it answers 2xx, 1 otherwise (with the reason
+    /// on stderr). For container health checks in images without a shell.
+    Healthcheck {
+        /// The URL to ask; default `http://{server.bind}/readyz` (an unspecified bind address
+        /// such as 0.0.0.0 is asked on loopback).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// How long to wait for the answer, connecting included (at most 60s).
+        #[arg(long, default_value = "3s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script, e.g. `provet-broker completions bash > /etc/bash_completion.d/provet-broker`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,14 +109,54 @@ pub enum DiscoveryCommand {
     },
 }
 
+/// How `tenants list` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns under a header row.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Output {
+    /// `table` for a person at a terminal, `json` for a program reading a pipe or file.
+    pub fn for_stdout() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            Self::Table
+        } else {
+            Self::Json
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
-    /// List tenants as JSON lines.
+    /// List tenants, ordered by provet_id; each filter narrows the list.
     List {
-        #[arg(long)]
-        status: Option<broker_domain::TenantStatus>,
+        /// Installed (`active`) or uninstalled (`removed`); without it, both.
+        #[arg(long, value_parser = state_parser(TenantStatus::ALL, TenantStatus::as_str))]
+        status: Option<TenantStatus>,
+        /// The current client's credentials state, as the last check left it.
+        #[arg(long, value_parser = state_parser(CredentialsState::ALL, CredentialsState::as_str))]
+        credentials: Option<CredentialsState>,
+        /// Tenants with at least one grant (a connected clinic user) in this state.
+        #[arg(long, value_parser = state_parser(GrantState::ALL, GrantState::as_str))]
+        grant_state: Option<GrantState>,
+        /// The OAuth flow of the current client.
+        #[arg(long, value_parser = state_parser(GrantType::ALL, GrantType::as_str))]
+        grant_type: Option<GrantType>,
+        /// The OpenID Connect discovery state (`not_applicable`: no discovery URL).
+        #[arg(long, value_parser = state_parser(DiscoveryState::ALL, DiscoveryState::as_str))]
+        discovery: Option<DiscoveryState>,
+        /// The most tenants listed.
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// `table`: aligned columns with a header row, for people (the default when stdout is
+        /// a terminal); `json`: one tenant per line, the full view `tenants show` prints (the
+        /// default otherwise, e.g. in a pipe).
+        #[arg(long, value_enum)]
+        output: Option<Output>,
     },
     /// Show one tenant as JSON.
     Show { provet_id: ProvetId },
@@ -132,8 +195,64 @@ impl Cli {
                 all,
             }) => rerun_discovery(&settings, provet_id, failed, all).await,
             Command::Tenants(cmd) => tenants(&settings, cmd).await,
+            Command::HookupUrl => print_hookup_url(&settings).await,
+            Command::Healthcheck { url, timeout } => {
+                crate::healthcheck::run(&settings, url.as_deref(), timeout).await
+            }
+            Command::Completions { shell } => {
+                print_completions(shell);
+                Ok(())
+            }
         }
     }
+}
+
+/// Writes the completion script for `shell` to stdout (needs no configuration).
+pub fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "provet-broker",
+        &mut std::io::stdout(),
+    );
+}
+
+/// `hookup-url`: the URL on stdout, its fingerprint (as the daemon logs it) on stderr.
+async fn print_hookup_url(settings: &Settings) -> anyhow::Result<()> {
+    let public_url = url::Url::parse(&settings.server.public_url)
+        .context("server.public_url must be an absolute URL")?;
+    let store = if settings.hookup.secret.expose_secret().is_empty() {
+        let store = open_store(settings).await?;
+        store.migrate().await?;
+        Some(store)
+    } else {
+        None
+    };
+    let secret = crate::startup::current_hookup_secret(settings, store.as_ref())
+        .await?
+        .context(
+            "no hookup secret is stored yet: the daemon generates one on its first start (`provet-broker serve`), or set hookup.secret",
+        )?;
+    eprintln!(
+        "hookup secret fingerprint {}",
+        broker_service::hookup::fingerprint(&secret)
+    );
+    println!("{}", crate::startup::hookup_url(&public_url, &secret));
+    Ok(())
+}
+
+/// A state enum's argument: one of its spellings (listed in `--help`, and in the error for
+/// any other value), parsed into the enum.
+fn state_parser<T>(
+    all: &'static [T],
+    as_str: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Copy + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    clap::builder::PossibleValuesParser::new(all.iter().map(|v| as_str(*v)))
+        .try_map(|s| s.parse::<T>())
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
@@ -323,7 +442,17 @@ async fn rerun_discovery(
 async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()> {
     let use_cases = offline_use_cases(settings).await?;
     match cmd {
-        TenantsCommand::List { status, limit } => {
+        TenantsCommand::List {
+            status,
+            credentials,
+            grant_state,
+            grant_type,
+            discovery,
+            limit,
+            output,
+        } => {
+            let output = output.unwrap_or_else(Output::for_stdout);
+            let mut printer = crate::cli_tenants::Printer::new(output, std::io::stdout().lock())?;
             let mut after = None;
             let mut left = limit;
             while left > 0 {
@@ -331,9 +460,12 @@ async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()>
                     .tenant_admin
                     .tenants(&TenantFilter {
                         status,
+                        credentials,
+                        grant_state,
+                        grant_type,
+                        discovery,
                         after,
                         limit: left.min(500),
-                        ..Default::default()
                     })
                     .await?;
                 let Some(last) = page.last().map(|t| t.provet_id) else {
@@ -341,10 +473,11 @@ async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()>
                 };
                 left = left.saturating_sub(page.len() as u64);
                 for t in page {
-                    println!("{}", serde_json::to_string(&TenantView::from(t))?);
+                    printer.tenant(&TenantView::from(t))?;
                 }
                 after = Some(last);
             }
+            printer.finish()?;
         }
         TenantsCommand::Add { file } => {
             crate::tenants_add::run(&use_cases.hookups, &use_cases.audit, file.as_deref()).await?;

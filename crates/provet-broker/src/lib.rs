@@ -4,11 +4,14 @@
 //! `config.rs` the typed settings (figment layering, `deny_unknown_fields`); `startup.rs`
 //! keys, the database, the use cases built once (`use_cases`), the HTTP server and the
 //! background tasks (`Application`); `cli.rs` the subcommands, which use the same use cases
-//! without the server; `telemetry.rs` the one tracing set-up.
+//! without the server (`cli_tenants.rs` how `tenants list` prints, `healthcheck.rs` the
+//! readiness probe); `telemetry.rs` the one tracing set-up.
 
 pub mod cli;
 mod cli_audit;
+mod cli_tenants;
 pub mod config;
+mod healthcheck;
 pub mod startup;
 pub mod telemetry;
 mod tenants_add;

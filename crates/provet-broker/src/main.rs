@@ -1,13 +1,18 @@
 //! `provet-broker`: see `provet-broker --help`.
 
 use clap::Parser;
-use provet_broker::cli::Cli;
+use provet_broker::cli::{Cli, Command};
 use provet_broker::config::Settings;
 use provet_broker::telemetry;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Completions need no configuration (they run at install time, anywhere).
+    if let Some(Command::Completions { shell }) = &cli.command {
+        provet_broker::cli::print_completions(*shell);
+        return std::process::ExitCode::SUCCESS;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {

@@ -277,25 +277,26 @@ pub fn use_cases(
 }
 
 /// The hookup URL's secrets: configured (at least 16 characters each), or generated once
-/// and kept in the database.
-async fn hookup_secrets(settings: &Settings, store: &Store) -> anyhow::Result<HookupSecrets> {
-    let hookup_secret = if settings.hookup.secret.expose_secret().is_empty() {
-        let (secret, generated) = store
+/// and kept in the database. The URL is a credential: it is logged in full only by the
+/// start that generated it; every other start logs its fingerprint
+/// (`provet-broker hookup-url` prints the URL).
+async fn hookup_secrets(
+    settings: &Settings,
+    store: &Store,
+    public_url: &url::Url,
+) -> anyhow::Result<HookupSecrets> {
+    let (hookup_secret, generated) = if settings.hookup.secret.expose_secret().is_empty() {
+        store
             .settings()
-            .secret_setting_or_insert("hookup_secret", HookupSecrets::generate, SystemClock.now())
+            .secret_setting_or_insert(
+                HOOKUP_SECRET_SETTING,
+                HookupSecrets::generate,
+                SystemClock.now(),
+            )
             .await
-            .context("reading the hookup secret")?;
-        if generated {
-            tracing::info!("generated a hookup secret and stored it in the database");
-        }
-        secret
+            .context("reading the hookup secret")?
     } else {
-        if settings.hookup.secret.expose_secret().len() < 16 {
-            bail!(
-                "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
-            );
-        }
-        settings.hookup.secret.clone()
+        (configured_hookup_secret(settings)?, false)
     };
     for (i, extra) in settings.hookup.extra_secrets.iter().enumerate() {
         if extra.expose_secret().len() < 16 {
@@ -304,10 +305,60 @@ async fn hookup_secrets(settings: &Settings, store: &Store) -> anyhow::Result<Ho
             );
         }
     }
-    Ok(HookupSecrets::new(
-        hookup_secret,
-        &settings.hookup.extra_secrets,
-    ))
+    let secrets = HookupSecrets::new(hookup_secret, &settings.hookup.extra_secrets);
+    if generated {
+        tracing::info!(
+            hookup_url = %hookup_url(public_url, secrets.current()),
+            fingerprint = %secrets.fingerprint(),
+            "give Provet this hookup URL (generated now and stored in the database; logged this once, `provet-broker hookup-url` prints it again)"
+        );
+    } else {
+        tracing::info!(
+            fingerprint = %secrets.fingerprint(),
+            source = if settings.hookup.secret.expose_secret().is_empty() { "database" } else { "hookup.secret" },
+            extra_secrets = settings.hookup.extra_secrets.len(),
+            "hookup URL ready (`provet-broker hookup-url` prints it)"
+        );
+    }
+    Ok(secrets)
+}
+
+/// The settings row that holds a generated hookup secret.
+const HOOKUP_SECRET_SETTING: &str = "hookup_secret";
+
+/// `hookup.secret`, refused when too short to protect anything.
+fn configured_hookup_secret(settings: &Settings) -> anyhow::Result<SecretString> {
+    if settings.hookup.secret.expose_secret().len() < 16 {
+        bail!(
+            "hookup.secret must be at least 16 characters: it is the only thing protecting the hookup URL"
+        );
+    }
+    Ok(settings.hookup.secret.clone())
+}
+
+/// The current hookup secret without generating one: `hookup.secret`, else the stored one
+/// (`None` before the daemon's first start).
+pub async fn current_hookup_secret(
+    settings: &Settings,
+    store: Option<&Store>,
+) -> anyhow::Result<Option<SecretString>> {
+    if !settings.hookup.secret.expose_secret().is_empty() {
+        return configured_hookup_secret(settings).map(Some);
+    }
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    store
+        .settings()
+        .secret_setting(HOOKUP_SECRET_SETTING)
+        .await
+        .context("reading the hookup secret")
+}
+
+/// The URL to give Provet: `server.public_url`, `/hookup/`, the secret.
+pub fn hookup_url(public_url: &url::Url, secret: &SecretString) -> String {
+    let base = public_url.as_str().trim_end_matches('/');
+    format!("{base}/hookup/{}", secret.expose_secret())
 }
 
 /// The running daemon: HTTP server bound, workers ready.
@@ -332,7 +383,7 @@ impl Application {
             "database ready"
         );
 
-        let hookup_secrets = hookup_secrets(&settings, &store).await?;
+        let hookup_secrets = hookup_secrets(&settings, &store, &public_url).await?;
 
         let use_cases = use_cases(&settings, store.clone(), hookup_secrets)?;
 
@@ -367,11 +418,6 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
         tracing::info!(%address, "listening");
-        let base = public_url.as_str().trim_end_matches('/');
-        tracing::info!(
-            hookup_url = %format!("{base}/hookup/{}", use_cases.hookups.secrets().current().expose_secret()),
-            "give Provet this hookup URL"
-        );
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let tokens = &use_cases.tokens;

@@ -101,6 +101,7 @@ pub async fn list_tenants(
             discovery,
             after: q.after,
             limit,
+            ..Default::default()
         })
         .await?;
     let next_after = (tenants.len() as u64 == limit)

@@ -38,7 +38,7 @@ pub async fn receive(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // The secret first: nothing else about the request may tell a guesser anything.
-    if !state.hookups().secrets().accepts(&secret) {
+    if !state.hookups().admit(&secret) {
         return Err(ApiError::NotFound);
     }
     if !is_json(&req) {

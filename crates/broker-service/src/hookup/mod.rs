@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use secrets::HookupSecrets;
+pub use secrets::{HookupSecrets, SecretMatch, fingerprint};
 pub use writer::HookupWriter;
 
 use crate::discovery::Discovery;
@@ -86,6 +86,17 @@ impl HookupIntake {
     /// The hookup URL's secrets (checked before anything else about a request).
     pub fn secrets(&self) -> &HookupSecrets {
         &self.secrets
+    }
+
+    /// Whether `candidate` opens the hookup URL; counts which accepted secret it was
+    /// (`broker_hookup_secret_matches_total`), so an operator sees when an extra secret is
+    /// no longer used.
+    pub fn admit(&self, candidate: &str) -> bool {
+        let Some(which) = self.secrets.matches(candidate) else {
+            return false;
+        };
+        self.metrics.hookup_secret_matched(which.as_str());
+        true
     }
 
     /// Runs the group-commit writers until `stop`.

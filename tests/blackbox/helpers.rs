@@ -289,6 +289,9 @@ impl DaemonConfig {
 pub struct Daemon {
     child: Child,
     pub base: String,
+    /// Where the internal routes are served: `server.internal_bind`'s address when a test
+    /// sets `BROKER_SERVER__INTERNAL_BIND`, else `base`.
+    pub internal_base: String,
     pub hookup_url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub config: DaemonConfig,
@@ -313,27 +316,48 @@ impl Daemon {
             .expect("spawn provet-broker");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>, String)>();
         {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 let mut address = None;
+                let mut internal = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        let fields = &v["fields"];
-                        if fields["message"] == "listening" {
-                            address = fields["address"].as_str().map(str::to_owned);
+                    // JSON (the tests' default) or text (`log.format = "text"`).
+                    let (message, bound, surface, url) = match serde_json::from_str::<Value>(&line)
+                    {
+                        Ok(v) => {
+                            let f = &v["fields"];
+                            let s = |k: &str| f[k].as_str().map(str::to_owned);
+                            (s("message"), s("address"), s("surface"), s("hookup_url"))
                         }
-                        if let (Some(a), Some(url)) = (&address, fields["hookup_url"].as_str()) {
-                            let _ = tx.send((a.clone(), url.to_owned()));
+                        Err(_) => {
+                            let s = |k: &str| text_field(&line, k).map(str::to_owned);
+                            let listening = line.contains(": listening ");
+                            (
+                                listening.then(|| "listening".to_owned()),
+                                s("address"),
+                                s("surface"),
+                                s("hookup_url"),
+                            )
                         }
+                    };
+                    if message.as_deref() == Some("listening") {
+                        if surface.as_deref() == Some("internal") {
+                            internal = bound;
+                        } else {
+                            address = bound;
+                        }
+                    }
+                    if let (Some(a), Some(url)) = (&address, url) {
+                        let _ = tx.send((a.clone(), internal.clone(), url));
                     }
                     logs.lock().expect("logs").push(line);
                 }
             });
         }
         let started = Instant::now();
-        let (address, hookup_url) = loop {
+        let (address, internal, hookup_url) = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(found) => break found,
                 Err(_) => {
@@ -352,11 +376,13 @@ impl Daemon {
             }
         };
         let base = format!("http://{address}");
+        let internal_base = internal.map_or_else(|| base.clone(), |a| format!("http://{a}"));
         // The logged URL uses public_url; tests talk to the bound address.
         let hookup_url = hookup_url.replacen("http://broker.test", &base, 1);
         Self {
             child,
             base,
+            internal_base,
             hookup_url,
             logs,
             config,
@@ -485,6 +511,13 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `key=value` in a text log line (values without spaces; quotes removed).
+pub fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .map(|value| value.trim_matches('"'))
 }
 
 fn wait(child: &mut Child, limit: Duration) -> ExitStatus {

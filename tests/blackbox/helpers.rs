@@ -290,6 +290,9 @@ impl DaemonConfig {
 pub struct Daemon {
     child: Child,
     pub base: String,
+    /// Where the internal routes are served: `server.internal_bind`'s address when a test
+    /// sets `BROKER_SERVER__INTERNAL_BIND`, else `base`.
+    pub internal_base: String,
     pub hookup_url: String,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub config: DaemonConfig,
@@ -314,27 +317,57 @@ impl Daemon {
             .expect("spawn provet-broker");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Option<String>, String)>();
         {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        let fields = &v["fields"];
-                        if fields["message"] == "listening"
-                            && let Some(address) = fields["address"].as_str()
-                        {
-                            let _ = tx.send(address.to_owned());
+                    // JSON (the tests' default) or text (`log.format = "text"`).
+                    let (message, bound, surface) = match serde_json::from_str::<Value>(&line) {
+                        Ok(v) => {
+                            let f = &v["fields"];
+                            let s = |k: &str| f[k].as_str().map(str::to_owned);
+                            (s("message"), s("address"), s("surface"))
                         }
+                        Err(_) => {
+                            let s = |k: &str| text_field(&line, k).map(str::to_owned);
+                            let listening = line.contains(": listening ");
+                            (
+                                listening.then(|| "listening".to_owned()),
+                                s("address"),
+                                s("surface"),
+                            )
+                        }
+                    };
+                    if message.as_deref() == Some("listening")
+                        && let Some(bound) = bound
+                    {
+                        let _ = tx.send((surface, bound));
                     }
                     logs.lock().expect("logs").push(line);
                 }
             });
         }
         let started = Instant::now();
-        let address = loop {
+        // With `server.internal_bind` set, wait for both listeners.
+        let wants_internal = env
+            .iter()
+            .any(|(k, v)| k == "BROKER_SERVER__INTERNAL_BIND" && !v.is_empty());
+        let (mut public, mut internal) = (None, None);
+        let (address, internal) = loop {
+            if let Some(address) = &public
+                && (internal.is_some() || !wants_internal)
+            {
+                break (address.clone(), internal.clone());
+            }
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(found) => break found,
+                Ok((surface, bound)) => {
+                    if surface.as_deref() == Some("internal") {
+                        internal = Some(bound);
+                    } else {
+                        public = Some(bound);
+                    }
+                }
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         panic!(
@@ -361,9 +394,11 @@ impl Daemon {
                 stdout.trim().replacen("http://broker.test", &base, 1)
             }
         };
+        let internal_base = internal.map_or_else(|| base.clone(), |a| format!("http://{a}"));
         Self {
             child,
             base,
+            internal_base,
             hookup_url,
             logs,
             config,
@@ -492,6 +527,13 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `key=value` in a text log line (values without spaces; quotes removed).
+pub fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .map(|value| value.trim_matches('"'))
 }
 
 fn wait(child: &mut Child, limit: Duration) -> ExitStatus {

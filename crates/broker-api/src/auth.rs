@@ -5,12 +5,13 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use broker_domain::ApiKeyRole;
 use broker_service::api_keys::{Authenticated, Principal};
 
 use crate::AppState;
 use crate::problem::ApiError;
+use crate::request::KeyName;
 
 /// A caller whose API key checked out.
 #[derive(Clone, Debug)]
@@ -47,6 +48,8 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        // An owned handle, to note the key's name for the access line.
+        let req = req.clone();
         let peer = req.peer_addr().map(|a| a.ip());
         let key = req
             .headers()
@@ -70,13 +73,17 @@ impl FromRequest for Caller {
             let Some(key) = key else {
                 return failed("send an API key as `Authorization: Bearer <key>`");
             };
+            let named = |name: &str| {
+                tracing::Span::current().record("api_key", name);
+                req.extensions_mut().insert(KeyName(name.into()));
+            };
             match state.api_keys().authenticate(&key).await? {
                 Some(Authenticated::Valid(principal)) => {
-                    tracing::Span::current().record("api_key", principal.name.as_str());
+                    named(&principal.name);
                     Ok(Caller(principal))
                 }
                 Some(Authenticated::Unusable { name, defect }) => {
-                    tracing::Span::current().record("api_key", name.as_str());
+                    named(&name);
                     Err(ApiError::Forbidden(format!(
                         "API key `{name}` cannot be used: {}",
                         defect.reason()

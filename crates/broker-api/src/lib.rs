@@ -1,8 +1,9 @@
 //! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
 //! errors, request metrics and the OpenAPI document.
 //!
-//! `lib.rs` the route table (`configure`), `AppState` with one accessor per use case, and the
-//! request-metrics middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
+//! `lib.rs` the route table (`configure_public` and `configure_internal`, the two surfaces;
+//! `configure` both), `AppState` with one accessor per use case; `request.rs` the request id,
+//! span, metrics and access-log middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
 //! `service.rs` tenants and tokens for services, `feed.rs` the tenant list and event feed
 //! services follow, `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries, `oauth.rs` the connect flow, `admin.rs`
 //! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
@@ -15,23 +16,21 @@ pub mod body;
 pub mod guard;
 pub mod openapi;
 pub mod problem;
+pub mod request;
 pub mod routes;
 pub mod views;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpResponse, web};
+use actix_web::http::Method;
+use actix_web::{FromRequest, Handler, HttpResponse, Resource, Responder, Route, web};
 use std::sync::Arc;
 
-use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
     ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
     TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
-use tracing::Instrument;
 
 use crate::problem::ApiError;
+pub use crate::request::observe;
 
 /// The use cases the routes call, each built once by the binary's start-up.
 #[derive(Clone)]
@@ -60,6 +59,7 @@ pub struct AppState {
     auth_failures: guard::AuthFailures,
     /// How long a request body may take to arrive.
     body_timeout: std::time::Duration,
+    refusal_log: request::RefusalLog,
 }
 
 impl AppState {
@@ -68,10 +68,13 @@ impl AppState {
         auth_failures: guard::AuthFailures,
         body_timeout: std::time::Duration,
     ) -> Self {
+        // Refused requests' warn lines: 10 at once, then one a second.
+        let refusal_log = request::RefusalLog::new(10, 1, use_cases.clock.clone());
         Self {
             use_cases,
             auth_failures,
             body_timeout,
+            refusal_log,
         }
     }
 
@@ -135,91 +138,149 @@ impl AppState {
     pub fn body_timeout(&self) -> std::time::Duration {
         self.body_timeout
     }
+
+    /// How many refused requests (401, 403, 429) get a warn line.
+    pub fn refusal_log(&self) -> &request::RefusalLog {
+        &self.refusal_log
+    }
 }
 
-/// Registers every route. The app must also wrap `observe` and use `not_found` as its
-/// default service (see `provet-broker`'s startup).
+/// Every route, on one listener (`server.internal_bind` unset): both surfaces. The app must
+/// also wrap `observe` and use `not_found` as its default service (see `provet-broker`'s
+/// startup).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use routes::{admin, hookup, oauth, ops, service};
+    configure_public(cfg);
+    configure_internal(cfg);
+}
+
+/// The public surface, what must face the internet: Provet's hookup, the connect flow's
+/// callback (a clinic user's browser), and health.
+pub fn configure_public(cfg: &mut web::ServiceConfig) {
+    use routes::{hookup, oauth, ops};
     cfg.service(
         web::resource("/hookup/{hookup_secret}")
             .route(web::post().to(hookup::receive))
             // Any other method is as unknown as a wrong secret.
             .default_service(web::to(not_found)),
     )
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics))
-    .route("/openapi.json", web::get().to(ops::openapi))
-    .route(
-        "/v1/tenants/{provet_id}",
-        web::get().to(service::get_tenant),
-    )
-    .route(
-        "/v1/tenants/{provet_id}/token",
-        web::post().to(service::token),
-    )
-    .route(
-        "/v1/tenants/{provet_id}/authorizations",
-        web::post().to(oauth::start),
-    )
-    .route("/oauth/callback", web::get().to(oauth::callback))
-    .route(
-        "/admin/tenants/{provet_id}/grants/{subject}",
-        web::delete().to(admin::revoke_grant),
-    )
-    .route("/admin/tenants", web::get().to(admin::list_tenants))
-    .route(
-        "/admin/tenants",
-        web::post().to(routes::registration::register),
-    )
-    .route("/v1/tenants", web::get().to(routes::feed::list_tenants))
-    .route("/v1/events", web::get().to(routes::feed::events))
-    .route(
-        "/admin/tenants/{provet_id}/verify",
-        web::post().to(admin::verify_tenant),
-    )
-    .route(
-        "/admin/tenants/{provet_id}",
-        web::get().to(admin::get_tenant),
-    )
-    .route(
-        "/admin/tenants/{provet_id}",
-        web::delete().to(admin::remove_tenant),
-    )
-    .route(
-        "/admin/tenants/{provet_id}/events",
-        web::get().to(admin::tenant_events),
-    )
-    .route(
-        "/admin/tenants/{provet_id}/discovery",
-        web::post().to(admin::rerun_tenant_discovery),
-    )
-    .route(
-        "/admin/discovery/rerun",
-        web::post().to(admin::rerun_discovery),
-    )
-    .route("/admin/webhooks", web::post().to(routes::webhooks::create))
-    .route("/admin/webhooks", web::get().to(routes::webhooks::list))
-    .route(
-        "/admin/webhooks/{id}",
-        web::delete().to(routes::webhooks::delete),
-    )
-    .route(
-        "/admin/webhooks/{id}/deliveries",
-        web::get().to(routes::webhooks::deliveries),
-    )
-    .route(
-        "/admin/webhooks/{id}/deliveries/{event_id}/retry",
-        web::post().to(routes::webhooks::retry),
-    )
-    .route("/admin/audit", web::get().to(routes::audit::list))
-    .route("/admin/api-keys", web::post().to(admin::create_api_key))
-    .route("/admin/api-keys", web::get().to(admin::list_api_keys))
-    .route(
-        "/admin/api-keys/{id}",
-        web::delete().to(admin::revoke_api_key),
-    );
+    .service(resource("/healthz", [on(Method::GET, ops::healthz)]))
+    .service(resource("/readyz", [on(Method::GET, ops::readyz)]))
+    .service(resource(
+        "/oauth/callback",
+        [on(Method::GET, oauth::callback)],
+    ));
+}
+
+/// The internal surface, for the integration's services and operators only: the service API
+/// (`/v1`), the admin API, metrics and the OpenAPI document. (The operators' console is
+/// mounted beside these, on the same surface, by the binary's startup.)
+pub fn configure_internal(cfg: &mut web::ServiceConfig) {
+    use Method as M;
+    use routes::{admin, feed, oauth, ops, registration, service, webhooks};
+    cfg.service(resource("/metrics", [on(M::GET, ops::metrics)]))
+        .service(resource("/openapi.json", [on(M::GET, ops::openapi)]))
+        .service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
+        .service(resource(
+            "/v1/tenants/{provet_id}",
+            [on(M::GET, service::get_tenant)],
+        ))
+        .service(resource(
+            "/v1/tenants/{provet_id}/token",
+            [on(M::POST, service::token)],
+        ))
+        .service(resource(
+            "/v1/tenants/{provet_id}/authorizations",
+            [on(M::POST, oauth::start)],
+        ))
+        .service(resource("/v1/events", [on(M::GET, feed::events)]))
+        .service(resource(
+            "/admin/tenants",
+            [
+                on(M::GET, admin::list_tenants),
+                on(M::POST, registration::register),
+            ],
+        ))
+        .service(resource(
+            "/admin/tenants/{provet_id}",
+            [
+                on(M::GET, admin::get_tenant),
+                on(M::DELETE, admin::remove_tenant),
+            ],
+        ))
+        .service(resource(
+            "/admin/tenants/{provet_id}/grants/{subject}",
+            [on(M::DELETE, admin::revoke_grant)],
+        ))
+        .service(resource(
+            "/admin/tenants/{provet_id}/verify",
+            [on(M::POST, admin::verify_tenant)],
+        ))
+        .service(resource(
+            "/admin/tenants/{provet_id}/events",
+            [on(M::GET, admin::tenant_events)],
+        ))
+        .service(resource(
+            "/admin/tenants/{provet_id}/discovery",
+            [on(M::POST, admin::rerun_tenant_discovery)],
+        ))
+        .service(resource(
+            "/admin/discovery/rerun",
+            [on(M::POST, admin::rerun_discovery)],
+        ))
+        .service(resource(
+            "/admin/webhooks",
+            [on(M::POST, webhooks::create), on(M::GET, webhooks::list)],
+        ))
+        .service(resource(
+            "/admin/webhooks/{id}",
+            [on(M::DELETE, webhooks::delete)],
+        ))
+        .service(resource(
+            "/admin/webhooks/{id}/deliveries",
+            [on(M::GET, webhooks::deliveries)],
+        ))
+        .service(resource(
+            "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+            [on(M::POST, webhooks::retry)],
+        ))
+        .service(resource(
+            "/admin/api-keys",
+            [
+                on(M::POST, admin::create_api_key),
+                on(M::GET, admin::list_api_keys),
+            ],
+        ))
+        .service(resource(
+            "/admin/api-keys/{id}",
+            [on(M::DELETE, admin::revoke_api_key)],
+        ))
+        .service(resource("/admin/audit", [on(M::GET, routes::audit::list)]));
+}
+
+/// One method of a path, for [`resource`].
+pub fn on<F, Args>(method: Method, handler: F) -> (Method, Route)
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    (method.clone(), web::route().method(method).to(handler))
+}
+
+/// A path and every method it answers; any other method answers `405` with an `Allow`
+/// header naming them (not `404`: the path exists).
+pub fn resource(path: &str, methods: impl IntoIterator<Item = (Method, Route)>) -> Resource {
+    let mut resource = web::resource(path);
+    let mut allow = Vec::new();
+    for (method, route) in methods {
+        allow.push(method.as_str().to_owned());
+        resource = resource.route(route);
+    }
+    let allow: Arc<str> = allow.join(", ").into();
+    resource.default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) }
+    }))
 }
 
 /// The answer for every unknown address (and for a wrong hookup secret).
@@ -258,70 +319,4 @@ pub fn json_config() -> web::JsonConfig {
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default()
         .error_handler(|err, _| ApiError::InvalidRequest(format!("invalid query: {err}")).into())
-}
-
-/// Per request: a tracing span with a request id, and the request count and latency by
-/// route pattern (never the concrete path, which for the hookup carries its secret). Every
-/// label is bounded: standard methods or `other`, route patterns or `unmatched`.
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let started = state.as_ref().map(|s| s.clock().instant());
-    let method = MethodLabel::of(req.method().as_str());
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %format_args!("{:016x}", request_id()),
-        method = method.as_str(),
-        route = route.as_str(),
-        status = tracing::field::Empty,
-        api_key = tracing::field::Empty,
-    );
-    let response = next.call(req).instrument(span.clone()).await?;
-    let status = response.status().as_u16();
-    span.record("status", status);
-    if let (Some(state), Some(started)) = (state, started) {
-        let metrics = state.metrics();
-        metrics
-            .http_duration
-            .get_or_create(&RouteLabels {
-                method,
-                route: route.clone(),
-            })
-            .observe(state.clock().since(started).as_secs_f64());
-        metrics
-            .http_requests
-            .get_or_create(&HttpLabels {
-                method,
-                route,
-                status,
-            })
-            .inc();
-    }
-    Ok(response)
-}
-
-/// A correlation id: a per-process random start plus a counter, as 16 hex digits.
-fn request_id() -> u64 {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static START: OnceLock<u64> = OnceLock::new();
-    let start = *START.get_or_init(rand_id);
-    start.wrapping_add(
-        NEXT.fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    )
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded per process and per instance: good enough for correlation ids.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
 }

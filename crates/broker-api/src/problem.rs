@@ -27,6 +27,10 @@ pub struct Problem {
     /// Every offending field, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<ProblemField>>,
+    /// The request's id, as in the answer's `X-Request-Id` header: quote it when asking
+    /// an operator about this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,6 +43,9 @@ pub struct ProblemField {
 pub enum ApiError {
     #[error("not found")]
     NotFound,
+    /// The path exists, not with this method: the methods it has (`GET, POST`).
+    #[error("this address answers only {0}")]
+    MethodNotAllowed(std::sync::Arc<str>),
     #[error("{0}")]
     TenantNotFound(i64),
     #[error("{0}")]
@@ -103,6 +110,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::TenantNotFound(_) => "tenant_not_found",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -137,6 +145,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::NotFound | Self::TenantNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Invalid { .. } | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -182,6 +191,7 @@ impl ResponseError for ApiError {
                 ),
                 _ => None,
             },
+            request_id: crate::request::current_request_id(),
         };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
@@ -198,6 +208,9 @@ impl ResponseError for ApiError {
             Self::UpstreamUnavailable { retry_after, .. } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 response.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            Self::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, allow.as_ref()));
             }
             _ => {}
         }

@@ -29,6 +29,10 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address to listen on; port 0 picks a free one (logged at start).
     pub bind: String,
+    /// When set, the internal routes (`/v1`, `/admin`, `/console`, `/metrics`,
+    /// `/openapi.json`) are served only on this address and `bind` answers them `404`.
+    /// Empty: one listener serves everything.
+    pub internal_bind: String,
     /// How Provet and browsers reach this daemon; the hookup URL and the OAuth callback
     /// are built from it.
     pub public_url: String,
@@ -61,6 +65,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8080".into(),
+            internal_bind: String::new(),
             public_url: "http://127.0.0.1:8080".into(),
             workers: 0,
             shutdown_timeout: Duration::from_secs(30),

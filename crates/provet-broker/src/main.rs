@@ -20,13 +20,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
-    match cli.run(settings).await {
+    let log_writer = telemetry::init(&settings.log);
+    let code = match cli.run(settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "provet-broker failed");
-            eprintln!("provet-broker: {e:#}");
+            // The whole cause chain, once, as the last line of the log.
+            tracing::error!(error = telemetry::cause_chain(&e), "provet-broker failed");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    drop(log_writer);
+    code
 }

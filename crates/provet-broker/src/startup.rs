@@ -1,4 +1,4 @@
-//! Wiring: keys, database, the hookup secret, and the HTTP server.
+//! Wiring: keys, database, the hookup secret, and the HTTP servers (one per surface).
 
 use std::fs;
 use std::io::Write;
@@ -361,10 +361,107 @@ pub fn hookup_url(public_url: &url::Url, secret: &SecretString) -> String {
     format!("{base}/hookup/{}", secret.expose_secret())
 }
 
-/// The running daemon: HTTP server bound, workers ready.
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Surface {
+    /// Everything (`server.internal_bind` unset).
+    All,
+    /// What faces the internet: the hookup, the connect flow's callback, health.
+    Public,
+    /// The service and admin APIs, the console, metrics, OpenAPI.
+    Internal,
+}
+
+impl Surface {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Public => "public",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn routes(self) -> fn(&mut web::ServiceConfig) {
+        match self {
+            Self::All => all_routes,
+            Self::Public => broker_api::configure_public,
+            Self::Internal => internal_routes,
+        }
+    }
+}
+
+/// The internal surface: the service and admin APIs, and the operators' console beside them.
+fn internal_routes(cfg: &mut web::ServiceConfig) {
+    broker_api::configure_internal(cfg);
+    // The console (`/console`) is mounted here, so that it is never on the public surface.
+}
+
+/// One listener for everything.
+fn all_routes(cfg: &mut web::ServiceConfig) {
+    broker_api::configure_public(cfg);
+    internal_routes(cfg);
+}
+
+/// A bound socket and the routes it will serve.
+struct Listener {
+    surface: Surface,
+    socket: TcpListener,
+    address: std::net::SocketAddr,
+}
+
+impl Listener {
+    fn bind(surface: Surface, address: &str) -> anyhow::Result<Self> {
+        let key = match surface {
+            Surface::Internal => "server.internal_bind",
+            Surface::All | Surface::Public => "server.bind",
+        };
+        let socket = TcpListener::bind(address)
+            .with_context(|| format!("cannot listen on {address} ({key})"))?;
+        let address = socket.local_addr()?;
+        Ok(Self {
+            surface,
+            socket,
+            address,
+        })
+    }
+
+    /// An HTTP server on this socket (each surface its own, so that a path of the other
+    /// answers `404` exactly like an unknown one); all share one `AppState`.
+    fn serve(
+        self,
+        settings: &Settings,
+        state: web::Data<AppState>,
+    ) -> anyhow::Result<actix_web::dev::Server> {
+        let routes = self.surface.routes();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(broker_api::json_config())
+                .app_data(broker_api::query_config())
+                .wrap(from_fn(broker_api::body::bound_request_body))
+                .wrap(from_fn(broker_api::observe))
+                .configure(routes)
+                .default_service(web::to(broker_api::not_found))
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
+        .client_request_timeout(settings.server.request_header_timeout)
+        .keep_alive(settings.server.keep_alive)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .listen(self.socket)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        tracing::info!(address = %self.address, surface = self.surface.as_str(), "listening");
+        Ok(server.run())
+    }
+}
+
+/// The running daemon: HTTP servers bound, workers ready.
 pub struct Application {
     port: u16,
-    server: actix_web::dev::Server,
+    internal_port: u16,
+    /// The public surface's server (or the only one), then the internal one.
+    servers: Vec<actix_web::dev::Server>,
     store: Store,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -373,6 +470,10 @@ pub struct Application {
 impl Application {
     /// Migrates, resolves keys and the hookup secret, and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "provet-broker starting"
+        );
         let public_url = url::Url::parse(&settings.server.public_url)
             .context("server.public_url must be an absolute URL")?;
         let store = open_store(&settings).await?;
@@ -387,9 +488,6 @@ impl Application {
 
         let use_cases = use_cases(&settings, store.clone(), hookup_secrets)?;
 
-        let listener = TcpListener::bind(&settings.server.bind)
-            .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
-        let address = listener.local_addr()?;
         let state = web::Data::new(AppState::new(
             use_cases.clone(),
             AuthFailures::new(
@@ -399,25 +497,21 @@ impl Application {
             ),
             settings.server.request_body_timeout,
         ));
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(broker_api::json_config())
-                .app_data(broker_api::query_config())
-                .wrap(from_fn(broker_api::body::bound_request_body))
-                .wrap(from_fn(broker_api::observe))
-                .configure(broker_api::configure)
-                .default_service(web::to(broker_api::not_found))
-        })
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs())
-        .client_request_timeout(settings.server.request_header_timeout)
-        .keep_alive(settings.server.keep_alive)
-        .client_disconnect_timeout(std::time::Duration::from_secs(1))
-        .listen(listener)?;
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
+        let internal_bind = settings.server.internal_bind.trim();
+        let (public, internal) = if internal_bind.is_empty() {
+            (Listener::bind(Surface::All, &settings.server.bind)?, None)
+        } else {
+            (
+                Listener::bind(Surface::Public, &settings.server.bind)?,
+                Some(Listener::bind(Surface::Internal, internal_bind)?),
+            )
+        };
+        let port = public.address.port();
+        let internal_port = internal.as_ref().map_or(port, |l| l.address.port());
+        let mut servers = vec![public.serve(&settings, state.clone())?];
+        if let Some(internal) = internal {
+            servers.push(internal.serve(&settings, state)?);
         }
-        tracing::info!(%address, "listening");
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let tokens = &use_cases.tokens;
@@ -438,27 +532,36 @@ impl Application {
             tracing::info!("discovery worker disabled (discovery.enabled = false)");
         }
         Ok(Self {
-            port: address.port(),
-            server: server.run(),
+            port,
+            internal_port,
+            servers,
             store,
             stop,
             tasks,
         })
     }
 
+    /// The port of `server.bind`: the public surface, or everything when
+    /// `server.internal_bind` is unset.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Serves until SIGTERM or SIGINT, then lets in-flight requests and background runs
-    /// finish.
+    /// The port the internal routes are served on: `server.internal_bind`'s, else `port()`.
+    pub fn internal_port(&self) -> u16 {
+        self.internal_port
+    }
+
+    /// Serves until SIGTERM or SIGINT (each server stops on it, letting its in-flight
+    /// requests finish), then lets background runs finish.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let served = self.server.await;
-        tracing::info!("HTTP server stopped; stopping background tasks");
+        // A server runs only while polled: all of them at once, each draining on its own.
+        let served = futures_util::future::join_all(self.servers).await;
+        tracing::info!("HTTP servers stopped; stopping background tasks");
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        served?;
+        served.into_iter().collect::<std::io::Result<()>>()?;
         tracing::info!("stopped; closing the database");
         self.store.close().await;
         Ok(())

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod admin;
+mod config_errors;
 mod connect;
 mod discovery;
 mod discovery_faults;
@@ -16,6 +17,7 @@ mod hardening_tokens;
 mod hookup;
 mod id_tokens;
 mod lifecycle;
+mod metrics_ops;
 mod pg_restart;
 mod provider;
 mod registration;

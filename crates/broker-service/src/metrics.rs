@@ -9,6 +9,30 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use broker_domain::{CredentialsState, DiscoveryState, GrantState, TenantStatus};
+
+// The label values each counter is created with at start-up: what the call sites pass.
+const HOOKUP_OUTCOMES: [&str; 5] = ["registered", "updated", "unchanged", "rejected", "failed"];
+const DISCOVERY_OUTCOMES: [&str; 3] = ["ok", "failed", "superseded"];
+const UPSTREAM_OUTCOMES: [&str; 4] = ["ok", "rejected", "unavailable", "misconfigured"];
+const AUTHORIZATION_OUTCOMES: [&str; 3] = ["started", "completed", "failed"];
+const REFRESH_OUTCOMES: [&str; 6] = [
+    "ok",
+    "retried",
+    "invalid_grant",
+    "rejected",
+    "unavailable",
+    "misconfigured",
+];
+const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retry", "failed", "gone"];
+/// Stored discovery states (`not_applicable` is never stored: such tenants have no row).
+const DISCOVERY_TENANT_STATES: [DiscoveryState; 3] = [
+    DiscoveryState::Pending,
+    DiscoveryState::Ok,
+    DiscoveryState::Failed,
+];
+const POOLS: [&str; 2] = ["main", "cache"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
@@ -111,6 +135,18 @@ pub struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    /// The git commit (12 hex digits), or `unknown` when built outside a checkout.
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: String,
 }
@@ -159,6 +195,12 @@ pub struct Metrics {
     pub hookup_secret_matches: Family<SecretLabels, Counter>,
     /// One sync of `events_written` at a time (two renders at once would both add).
     events_sync: std::sync::Mutex<()>,
+    /// `1`, labelled with the version and the git commit this binary was built from.
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// Tenants by status (`active`, `removed`).
+    pub tenants: Family<StatusLabels, Gauge>,
+    /// Active tenants' current clients by credentials state (`unchecked`, `ok`, `rejected`).
+    pub tenant_credentials: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -304,7 +346,25 @@ impl Metrics {
                 secret: which.as_str(),
             });
         }
-        Self {
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1: the version and git commit of this binary",
+            build_info.clone(),
+        );
+        let tenants = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "tenants",
+            "Tenants by status (active, removed)",
+            tenants.clone(),
+        );
+        let tenant_credentials = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "tenant_credentials",
+            "Active tenants by the state of their current client's credentials (unchecked, ok, rejected)",
+            tenant_credentials.clone(),
+        );
+        let metrics = Self {
             registry,
             hookup_secret_matches,
             authorizations,
@@ -328,6 +388,113 @@ impl Metrics {
             webhook_pending_deliveries,
             webhook_oldest_pending_seconds,
             events_sync: std::sync::Mutex::new(()),
+            build_info,
+            tenants,
+            tenant_credentials,
+        };
+        metrics.register_known_series();
+        metrics
+    }
+
+    /// `broker_build_info`: set once by the binary, which knows its version and commit.
+    pub fn set_build_info(&self, version: &str, commit: &str) {
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: version.to_owned(),
+                commit: commit.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// Creates every series whose label values are known at start-up, at zero, so that `rate()`, `increase()` and `absent()` work from the first scrape.
+    /// Series labelled by route, status or API key name appear when first used.
+    fn register_known_series(&self) {
+        let outcome = |s: &str| OutcomeLabels {
+            outcome: s.to_owned(),
+        };
+        let state = |s: &str| StateLabels {
+            state: s.to_owned(),
+        };
+        for o in HOOKUP_OUTCOMES {
+            let _ = self.hookups.get_or_create_owned(&outcome(o));
+        }
+        for o in DISCOVERY_OUTCOMES {
+            let _ = self.discovery_runs.get_or_create_owned(&outcome(o));
+        }
+        for o in UPSTREAM_OUTCOMES {
+            let _ = self
+                .upstream_token_requests
+                .get_or_create_owned(&outcome(o));
+        }
+        for o in AUTHORIZATION_OUTCOMES {
+            let _ = self.authorizations.get_or_create_owned(&outcome(o));
+        }
+        for o in REFRESH_OUTCOMES {
+            let _ = self.refreshes.get_or_create_owned(&outcome(o));
+        }
+        for o in WEBHOOK_OUTCOMES {
+            let _ = self.webhook_deliveries.get_or_create_owned(&outcome(o));
+        }
+        for t in broker_domain::EventType::ALL {
+            let _ = self
+                .events_written
+                .get_or_create_owned(&vec![("type", t.as_str())]);
+        }
+        for s in TenantStatus::ALL {
+            let _ = self.tenants.get_or_create_owned(&StatusLabels {
+                status: s.as_str().to_owned(),
+            });
+        }
+        for s in CredentialsState::ALL {
+            let _ = self
+                .tenant_credentials
+                .get_or_create_owned(&state(s.as_str()));
+        }
+        for s in GrantState::ALL {
+            let _ = self.grants.get_or_create_owned(&state(s.as_str()));
+        }
+        for s in DISCOVERY_TENANT_STATES {
+            let _ = self
+                .discovery_tenants
+                .get_or_create_owned(&state(s.as_str()));
+        }
+        for pool in POOLS {
+            self.pool(pool, 0, 0, 0);
+        }
+        self.queue("credential_checks", 0);
+    }
+
+    /// Sets the fleet gauges from one set of counts; a state absent from the counts is zero.
+    pub fn fleet(&self, counts: &broker_store::FleetCounts) {
+        fn count<S: PartialEq + Copy>(counts: &[(S, i64)], state: S) -> i64 {
+            counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n)
+        }
+        for s in TenantStatus::ALL {
+            self.tenants
+                .get_or_create(&StatusLabels {
+                    status: s.as_str().to_owned(),
+                })
+                .set(count(&counts.tenants, *s));
+        }
+        for s in CredentialsState::ALL {
+            self.tenant_credentials
+                .get_or_create(&StateLabels {
+                    state: s.as_str().to_owned(),
+                })
+                .set(count(&counts.credentials, *s));
+        }
+        for s in GrantState::ALL {
+            self.grants
+                .get_or_create(&StateLabels {
+                    state: s.as_str().to_owned(),
+                })
+                .set(count(&counts.grants, *s));
+        }
+        for s in DISCOVERY_TENANT_STATES {
+            self.discovery_tenants(s.as_str(), count(&counts.discovery, s));
         }
     }
 

@@ -17,6 +17,7 @@
 //! - `webhooks.rs` (`store.webhooks()`): webhook endpoints (secrets sealed), the dispatcher's
 //!   cursor, delivery rows and their claims.
 //! - `service_tenants.rs`: the tenant list services page through (`GET /v1/tenants`).
+//! - `fleet.rs` (`store.fleet()`): counts by state, for the gauges operators alert on.
 //! - `settings.rs` (`store.settings()`): sealed settings, the key ids in use, key rotation.
 //!
 //! Underneath: `db.rs` (the two pools and SQLite's writer queue), `connect.rs` (opening them),
@@ -31,6 +32,7 @@ mod db;
 mod discovery;
 mod entity;
 pub mod events;
+mod fleet;
 mod grants;
 mod hookup_events;
 mod hookups;
@@ -52,6 +54,7 @@ pub use api_keys::ApiKeys;
 pub use audit::{Audit, AuditEntry, AuditQuery};
 pub use crypto::{CryptoError, Keyring, MasterKey};
 pub use discovery::Discovery;
+pub use fleet::{Fleet, FleetCounts};
 pub use grants::{GrantChange, Grants};
 pub use records::*;
 pub use settings::Settings;
@@ -237,6 +240,11 @@ impl Store {
     /// Sealed settings, the key ids in use, and key rotation.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Counts of tenants, credentials, discovery and grants by state (metrics).
+    pub fn fleet(&self) -> Fleet<'_> {
+        Fleet { db: &self.db }
     }
 
     /// The durable pool's and the cache pool's usage.

@@ -9,6 +9,12 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod validation;
+
+/// Environment variables `BROKER_<SECTION>__<KEY>` set keys: `BROKER_LOG__LEVEL` is `log.level`.
+const ENV_PREFIX: &str = "BROKER_";
+const ENV_SPLIT: &str = "__";
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -486,7 +492,7 @@ pub enum LogFormat {
 impl Settings {
     /// Loads the layers. `config/default.toml` is read when it exists in the working folder.
     pub fn load(config_file: Option<&Path>) -> Result<Self, String> {
-        let env = Env::prefixed("BROKER_").split("__");
+        let env = Env::prefixed(ENV_PREFIX).split(ENV_SPLIT);
         let mut figment = Figment::new();
         let default_file = Path::new("config/default.toml");
         if default_file.exists() {
@@ -498,10 +504,15 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment
-            .merge(env)
+        let figment = figment.merge(env);
+        let settings: Self = figment
             .extract()
-            .map_err(|e| format!("invalid configuration: {}", redacted(e)))
+            .map_err(|e| format!("invalid configuration: {}", redacted(e)))?;
+        let problems = validation::problems(&settings, &figment);
+        if !problems.is_empty() {
+            return Err(format!("invalid configuration: {}", problems.join("; ")));
+        }
+        Ok(settings)
     }
 }
 
@@ -553,7 +564,18 @@ fn redacted(error: figment::Error) -> String {
                 Kind::Message(message) => Kind::Message(without_source_lines(&message)),
                 other => other,
             };
-            e.to_string()
+            // figment names an environment variable's key `LOG.LEVEL`: add the variable's
+            // own spelling, so the operator can find it.
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|md| md.name.contains("environment variable"));
+            if from_env && !e.path.is_empty() {
+                let name = validation::env_spelling(&e.path.join("."));
+                format!("{e} (environment variable {name})")
+            } else {
+                e.to_string()
+            }
         })
         .collect();
     messages.join("; ")

@@ -199,6 +199,10 @@ pub fn use_cases(
     .map_err(anyhow::Error::msg)?;
     let discovery_upstream = upstream.with_limits(settings.discovery.timeout, 1024 * 1024);
     let metrics = Arc::new(Metrics::new());
+    metrics.set_build_info(
+        env!("CARGO_PKG_VERSION"),
+        option_env!("BROKER_GIT_COMMIT").unwrap_or("unknown"),
+    );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tokens = Arc::new(TokenBroker::new(
         settings.tokens.to_service(),

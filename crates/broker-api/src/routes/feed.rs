@@ -20,6 +20,7 @@ use crate::views::ServiceTenantView;
 const DEFAULT_LIMIT: u64 = 100;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTenantParams {
     /// Page size, 1 to 500 (default 100; larger values are clamped).
@@ -27,9 +28,21 @@ pub struct ServiceTenantParams {
     /// Tenants after this provet_id (from `next_after`).
     after: Option<i64>,
     /// `active` (default), `removed` or `all`.
+    #[param(value_type = Option<TenantStatusFilter>)]
     status: Option<String>,
     /// Only tenants changed at or after this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     updated_since: Option<String>,
+}
+
+/// Which tenants `GET /v1/tenants` lists (documentation of the `status` parameter).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TenantStatusFilter {
+    Active,
+    Removed,
+    All,
 }
 
 /// A page of tenants for a service.
@@ -47,11 +60,10 @@ pub struct ServiceTenantPage {
     tag = "tokens",
     params(ServiceTenantParams),
     security(("api_key" = [])),
+    operation_id = "service_list_tenants",
     responses(
         (status = 200, body = ServiceTenantPage),
-        (status = 400, description = "invalid_request", body = crate::problem::Problem),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
+        (status = 400, response = crate::openapi::BadRequest),
     )
 )]
 pub async fn list_tenants(
@@ -99,6 +111,7 @@ pub async fn list_tenants(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Resume after this cursor (a `next_after`); absent: from the oldest event kept.
@@ -106,8 +119,10 @@ pub struct EventParams {
     /// Page size, 1 to 500 (default 100; larger values are clamped).
     limit: Option<u64>,
     /// Comma-separated event types; absent: every type.
+    #[param(value_type = Option<Vec<crate::openapi::EventTypeName>>, style = Form, explode = false, min_items = 1)]
     types: Option<String>,
     /// Hold an empty answer open up to this long (`10s`, `500ms`; at most `30s`).
+    #[param(pattern = r"^(([0-9]|[12][0-9]|30)s|([0-9]{1,4}|[12][0-9]{4}|30000)ms)$")]
     wait: Option<String>,
 }
 
@@ -157,9 +172,7 @@ pub struct EventFeedPage {
     security(("api_key" = [])),
     responses(
         (status = 200, body = EventFeedPage),
-        (status = 400, description = "invalid_request: a bad cursor, type or wait", body = crate::problem::Problem),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
+        (status = 400, response = crate::openapi::BadRequest),
     )
 )]
 pub async fn events(

@@ -16,6 +16,7 @@ mod hardening_tokens;
 mod hookup;
 mod id_tokens;
 mod lifecycle;
+mod openapi;
 mod pg_restart;
 mod provider;
 mod registration;

@@ -338,6 +338,12 @@ database = "none"
 [[operations]]
 include-path = "/hookup/{{hookup_secret}}"
 parameters = {{ hookup_secret = "{hookup_secret}" }}
+# A message over 64 KiB (more departments than `maxItems`, say) is refused with a 413.
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "register"
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 
 # The feed: a cursor this feed gave out (any other is a 400 by design), and no long poll (an
 # empty page would hold each request up to 30 s; the events tests cover waiting).

@@ -23,8 +23,8 @@ const DEFAULT_LIMIT: u64 = 100;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTenantParams {
-    /// Page size, 1 to 500 (default 100; larger values are clamped).
-    limit: Option<u64>,
+    /// Page size, 1 to 500 (default 100; other values are clamped).
+    limit: Option<i64>,
     /// Tenants after this provet_id (from `next_after`).
     after: Option<i64>,
     /// `active` (default), `removed` or `all`.
@@ -90,7 +90,7 @@ pub async fn list_tenants(
                 .map_err(|e| invalid("updated_since", format!("must be an RFC 3339 time: {e}")))
         })
         .transpose()?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = page_limit(params.limit).clamp(1, MAX_LIMIT);
     let tenants = state
         .tenant_admin()
         .service_tenants(&ServiceTenantQuery {
@@ -116,8 +116,8 @@ pub async fn list_tenants(
 pub struct EventParams {
     /// Resume after this cursor (a `next_after`); absent: from the oldest event kept.
     after: Option<String>,
-    /// Page size, 1 to 500 (default 100; larger values are clamped).
-    limit: Option<u64>,
+    /// Page size, 1 to 500 (default 100; other values are clamped).
+    limit: Option<i64>,
     /// Comma-separated event types; absent: every type.
     #[param(value_type = Option<Vec<crate::openapi::EventTypeName>>, style = Form, explode = false, min_items = 1)]
     types: Option<String>,
@@ -195,7 +195,7 @@ pub async fn events(
         .events()
         .page(&FeedRequest {
             after,
-            limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+            limit: page_limit(params.limit),
             types,
             tenants: caller.0.tenants.clone(),
             wait: wait.unwrap_or(Duration::ZERO),
@@ -205,6 +205,11 @@ pub async fn events(
         next_after: page.next_after.encode(),
         events: page.events.into_iter().map(EventEnvelope::from).collect(),
     }))
+}
+
+/// A page size as asked (any int64: below 1 means 1, the feed clamps the top).
+fn page_limit(limit: Option<i64>) -> u64 {
+    limit.map_or(DEFAULT_LIMIT, |n| u64::try_from(n.max(1)).unwrap_or(1))
 }
 
 fn parse_types(text: &str) -> Result<Vec<EventType>, ApiError> {

@@ -20,6 +20,7 @@ mod hookup;
 mod id_tokens;
 mod lifecycle;
 mod metrics_ops;
+mod openapi;
 mod pg_restart;
 mod provider;
 mod quickstart;

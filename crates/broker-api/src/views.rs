@@ -114,7 +114,18 @@ impl DiscoveryView {
 #[serde(deny_unknown_fields)]
 pub struct RerunRequest {
     /// `failed`, `stale` (older than discovery.refresh_interval) or `all`.
+    #[schema(value_type = RerunFilter)]
     pub filter: String,
+}
+
+/// Which tenants `POST /admin/discovery/rerun` makes due (documentation of `filter`).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum RerunFilter {
+    Failed,
+    Stale,
+    All,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -325,8 +336,14 @@ pub struct CreatedApiKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    /// 1 to 255 printable characters.
+    #[schema(
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// `token` or `admin`.
+    #[schema(value_type = ApiKeyRole)]
     pub role: String,
     /// Limit the key to these tenants; absent or null for all.
     #[serde(default)]
@@ -386,14 +403,20 @@ pub struct Ready {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequestBody {
-    /// Space-separated scopes (default `restapi`).
+    /// Space-separated scopes from `tokens.allowed_scopes` (default `restapi`).
+    #[schema(
+        max_length = 255,
+        pattern = "^ *(restapi|openid)( +(restapi|openid))* *$"
+    )]
     pub scope: Option<String>,
     /// The token must stay valid at least this many seconds (default 60, at most 36000).
+    #[schema(maximum = 36000)]
     pub min_ttl: Option<u64>,
     /// Fetch a new token even if a cached one is valid (concurrent calls share one fetch).
     #[serde(default)]
     pub force_refresh: bool,
     /// For authorization-code tenants with several grants: whose.
+    #[schema(pattern = "^[!-~]{1,255}$")]
     pub subject: Option<String>,
 }
 
@@ -417,6 +440,10 @@ pub struct StartAuthorization {
     /// `oauth.allowed_return_to`.
     pub return_to: Option<String>,
     /// Default `openid restapi` for OpenID Connect clients, else `restapi`.
+    #[schema(
+        max_length = 255,
+        pattern = "^ *(restapi|openid)( +(restapi|openid))* *$"
+    )]
     pub scope: Option<String>,
 }
 

@@ -369,10 +369,10 @@ impl Parser<'_> {
         if s.trim().is_empty() {
             self.error("client_id", "must not be empty");
             None
-        } else if s.len() > MAX_CLIENT_ID_LEN {
+        } else if s.chars().count() > MAX_CLIENT_ID_LEN {
             self.error(
                 "client_id",
-                format!("must be at most {MAX_CLIENT_ID_LEN} bytes"),
+                format!("must be at most {MAX_CLIENT_ID_LEN} characters"),
             );
             None
         } else if let Some(c) = s.chars().find(|c| is_invisible(*c)) {
@@ -387,8 +387,8 @@ impl Parser<'_> {
     fn optional_string(&mut self, field: &str, max_len: usize) -> Option<Option<String>> {
         match self.object.get(field)? {
             Value::Null => Some(None),
-            Value::String(s) if s.len() > max_len => {
-                self.error(field, format!("must be at most {max_len} bytes"));
+            Value::String(s) if s.chars().count() > max_len => {
+                self.error(field, format!("must be at most {max_len} characters"));
                 None
             }
             Value::String(s) if s.contains('\0') => {
@@ -498,8 +498,8 @@ impl Parser<'_> {
 
     /// `Some(Some(url))` when valid; `None` after recording the problem.
     fn check_url(&mut self, field: &str, raw: &str) -> Option<Option<Url>> {
-        if raw.len() > MAX_URL_LEN {
-            self.error(field, format!("must be at most {MAX_URL_LEN} bytes"));
+        if raw.chars().count() > MAX_URL_LEN {
+            self.error(field, format!("must be at most {MAX_URL_LEN} characters"));
             return None;
         }
         if let Some(c) = raw.chars().find(|c| is_invisible(*c)) {
@@ -877,7 +877,7 @@ mod tests {
                 (1..=MAX_PROVET_ID).contains(&id).then(|| json!(id))
             }
             "client_id" => text
-                .filter(|s| !s.trim().is_empty() && s.len() <= MAX_CLIENT_ID_LEN)
+                .filter(|s| !s.trim().is_empty() && s.chars().count() <= MAX_CLIENT_ID_LEN)
                 .filter(|s| !s.chars().any(is_invisible))
                 .map(|s| json!(s)),
             "algorithm" => match sent {

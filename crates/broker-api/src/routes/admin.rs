@@ -11,6 +11,7 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::openapi::{BadGateway, BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout};
 use crate::problem::ApiError;
 use crate::views::{
     ApiKeyList, ApiKeyView, CreateApiKey, CreatedApiKey, CredentialsView, DiscoveryView, EventPage,
@@ -37,16 +38,29 @@ fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
     }
 }
 
+/// A `{provet_id}` path segment (documentation only: handlers parse it with `provet_id`, so
+/// that a bad one is a problem+json `400`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ProvetIdPath {
+    /// The tenant's Provet ID.
+    #[param(minimum = 1, maximum = 9007199254740992_i64, example = 4321)]
+    provet_id: i64,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuery {
-    /// `active` or `removed`.
+    #[param(value_type = Option<broker_domain::TenantStatus>)]
     status: Option<String>,
-    /// `authorization_code` or `client_credentials`.
+    #[param(value_type = Option<broker_domain::GrantType>)]
     grant_type: Option<String>,
-    /// `pending`, `ok`, `failed` or `not_applicable`.
+    #[param(value_type = Option<broker_domain::DiscoveryState>)]
     discovery: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
     /// Tenants after this provet_id (from `next_after`).
     after: Option<i64>,
@@ -57,9 +71,10 @@ pub struct TenantQuery {
     get,
     path = "/admin/tenants",
     tag = "admin",
+    operation_id = "admin_list_tenants",
     params(TenantQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = TenantPage), (status = 400, body = crate::problem::Problem), (status = 401, body = crate::problem::Problem), (status = 403, body = crate::problem::Problem))
+    responses((status = 200, body = TenantPage), (status = 400, response = BadRequest))
 )]
 pub async fn list_tenants(
     state: web::Data<AppState>,
@@ -118,9 +133,10 @@ pub async fn list_tenants(
     get,
     path = "/admin/tenants/{provet_id}",
     tag = "admin",
-    params(("provet_id" = i64, Path)),
+    operation_id = "admin_get_tenant",
+    params(ProvetIdPath),
     security(("api_key" = [])),
-    responses((status = 200, body = TenantView), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, body = TenantView), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn get_tenant(
     state: web::Data<AppState>,
@@ -134,9 +150,11 @@ pub async fn get_tenant(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
     /// Events older than this id (from `next_before`).
     before: Option<i64>,
@@ -147,9 +165,9 @@ pub struct EventQuery {
     get,
     path = "/admin/tenants/{provet_id}/events",
     tag = "admin",
-    params(("provet_id" = i64, Path), EventQuery),
+    params(ProvetIdPath, EventQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = EventPage), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, body = EventPage), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn tenant_events(
     state: web::Data<AppState>,
@@ -178,9 +196,9 @@ pub async fn tenant_events(
     delete,
     path = "/admin/tenants/{provet_id}",
     tag = "admin",
-    params(("provet_id" = i64, Path)),
+    params(ProvetIdPath),
     security(("api_key" = [])),
-    responses((status = 200, body = TenantView), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, body = TenantView), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn remove_tenant(
     state: web::Data<AppState>,
@@ -209,7 +227,7 @@ pub async fn remove_tenant(
     tag = "admin",
     request_body = CreateApiKey,
     security(("api_key" = [])),
-    responses((status = 201, body = CreatedApiKey), (status = 400, description = "invalid_request, naming the field (an admin key with `tenants`, say)", body = crate::problem::Problem), (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem))
+    responses((status = 201, body = CreatedApiKey), (status = 400, response = BadRequest), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge))
 )]
 pub async fn create_api_key(
     state: web::Data<AppState>,
@@ -271,9 +289,9 @@ pub async fn list_api_keys(
     delete,
     path = "/admin/api-keys/{id}",
     tag = "admin",
-    params(("id" = i64, Path)),
+    params(("id" = i64, Path, description = "The key's id")),
     security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = crate::problem::Problem))
+    responses((status = 204, description = "Revoked"), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn revoke_api_key(
     state: web::Data<AppState>,
@@ -302,9 +320,9 @@ pub async fn revoke_api_key(
     post,
     path = "/admin/tenants/{provet_id}/discovery",
     tag = "admin",
-    params(("provet_id" = i64, Path)),
+    params(ProvetIdPath),
     security(("api_key" = [])),
-    responses((status = 200, body = DiscoveryView), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, body = DiscoveryView), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn rerun_tenant_discovery(
     state: web::Data<AppState>,
@@ -333,7 +351,7 @@ pub async fn rerun_tenant_discovery(
     tag = "admin",
     request_body = RerunRequest,
     security(("api_key" = [])),
-    responses((status = 202, body = RerunScheduled), (status = 400, body = crate::problem::Problem))
+    responses((status = 202, body = RerunScheduled), (status = 400, response = BadRequest), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge))
 )]
 pub async fn rerun_discovery(
     state: web::Data<AppState>,
@@ -374,9 +392,9 @@ pub async fn rerun_discovery(
     post,
     path = "/admin/tenants/{provet_id}/verify",
     tag = "admin",
-    params(("provet_id" = i64, Path)),
+    params(ProvetIdPath),
     security(("api_key" = [])),
-    responses((status = 200, body = CredentialsView), (status = 404, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem))
+    responses((status = 200, body = CredentialsView), (status = 400, response = BadRequest), (status = 404, response = NotFound), (status = 409, response = Conflict), (status = 502, response = BadGateway))
 )]
 pub async fn verify_tenant(
     state: web::Data<AppState>,
@@ -404,9 +422,9 @@ pub async fn verify_tenant(
     delete,
     path = "/admin/tenants/{provet_id}/grants/{subject}",
     tag = "admin",
-    params(("provet_id" = i64, Path), ("subject" = String, Path)),
+    params(ProvetIdPath, ("subject" = String, Path, description = "The grant's subject")),
     security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = crate::problem::Problem))
+    responses((status = 204, description = "Revoked"), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn revoke_grant(
     state: web::Data<AppState>,

@@ -20,16 +20,29 @@ use crate::views::ServiceTenantView;
 const DEFAULT_LIMIT: u64 = 100;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTenantParams {
-    /// Page size, 1 to 500 (default 100; larger values are clamped).
-    limit: Option<u64>,
+    /// Page size, 1 to 500 (default 100; other values are clamped).
+    limit: Option<i64>,
     /// Tenants after this provet_id (from `next_after`).
     after: Option<i64>,
     /// `active` (default), `removed` or `all`.
+    #[param(value_type = Option<TenantStatusFilter>)]
     status: Option<String>,
     /// Only tenants changed at or after this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     updated_since: Option<String>,
+}
+
+/// Which tenants `GET /v1/tenants` lists (documentation of the `status` parameter).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TenantStatusFilter {
+    Active,
+    Removed,
+    All,
 }
 
 /// A page of tenants for a service.
@@ -47,11 +60,10 @@ pub struct ServiceTenantPage {
     tag = "tokens",
     params(ServiceTenantParams),
     security(("api_key" = [])),
+    operation_id = "service_list_tenants",
     responses(
         (status = 200, body = ServiceTenantPage),
-        (status = 400, description = "invalid_request", body = crate::problem::Problem),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
+        (status = 400, response = crate::openapi::BadRequest),
     )
 )]
 pub async fn list_tenants(
@@ -78,7 +90,7 @@ pub async fn list_tenants(
                 .map_err(|e| invalid("updated_since", format!("must be an RFC 3339 time: {e}")))
         })
         .transpose()?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = page_limit(params.limit).clamp(1, MAX_LIMIT);
     let tenants = state
         .tenant_admin()
         .service_tenants(&ServiceTenantQuery {
@@ -99,15 +111,18 @@ pub async fn list_tenants(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Resume after this cursor (a `next_after`); absent: from the oldest event kept.
     after: Option<String>,
-    /// Page size, 1 to 500 (default 100; larger values are clamped).
-    limit: Option<u64>,
+    /// Page size, 1 to 500 (default 100; other values are clamped).
+    limit: Option<i64>,
     /// Comma-separated event types; absent: every type.
+    #[param(value_type = Option<Vec<crate::openapi::EventTypeName>>, style = Form, explode = false, min_items = 1)]
     types: Option<String>,
     /// Hold an empty answer open up to this long (`10s`, `500ms`; at most `30s`).
+    #[param(pattern = r"^(([0-9]|[12][0-9]|30)s|([0-9]{1,4}|[12][0-9]{4}|30000)ms)$")]
     wait: Option<String>,
 }
 
@@ -157,9 +172,7 @@ pub struct EventFeedPage {
     security(("api_key" = [])),
     responses(
         (status = 200, body = EventFeedPage),
-        (status = 400, description = "invalid_request: a bad cursor, type or wait", body = crate::problem::Problem),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
+        (status = 400, response = crate::openapi::BadRequest),
     )
 )]
 pub async fn events(
@@ -182,7 +195,7 @@ pub async fn events(
         .events()
         .page(&FeedRequest {
             after,
-            limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+            limit: page_limit(params.limit),
             types,
             tenants: caller.0.tenants.clone(),
             wait: wait.unwrap_or(Duration::ZERO),
@@ -192,6 +205,11 @@ pub async fn events(
         next_after: page.next_after.encode(),
         events: page.events.into_iter().map(EventEnvelope::from).collect(),
     }))
+}
+
+/// A page size as asked (any int64: below 1 means 1, the feed clamps the top).
+fn page_limit(limit: Option<i64>) -> u64 {
+    limit.map_or(DEFAULT_LIMIT, |n| u64::try_from(n.max(1)).unwrap_or(1))
 }
 
 fn parse_types(text: &str) -> Result<Vec<EventType>, ApiError> {

@@ -5,6 +5,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
 use crate::AppState;
+use crate::openapi::{
+    BadRequest, HookupMessageRef, NotFound, PayloadTooLarge, RequestTimeout, Unavailable,
+    UnsupportedMediaType,
+};
 use crate::problem::ApiError;
 use crate::views::HookupReceiptView;
 
@@ -21,14 +25,15 @@ pub const MAX_BODY: usize = crate::body::MAX_BODY;
     path = "/hookup/{hookup_secret}",
     tag = "hookup",
     params(("hookup_secret" = String, Path, description = "The secret path segment given to Provet")),
-    request_body(content = Object, content_type = "application/json", description = "The hookup message (Provet's schema)"),
+    request_body(content = HookupMessageRef, content_type = "application/json", description = "The hookup message (Provet's schema)"),
     responses(
         (status = 200, description = "Stored", body = HookupReceiptView),
-        (status = 400, description = "Invalid JSON or schema violations, every field named", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Wrong secret", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Not stored; retry", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn receive(

@@ -8,8 +8,9 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::openapi::{BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout};
 use crate::problem::ApiError;
-use crate::routes::admin::provet_id;
+use crate::routes::admin::{ProvetIdPath, provet_id};
 use crate::views::{AuthorizationCreated, StartAuthorization};
 
 /// Starts connecting an authorization-code tenant: answers the URL to send a clinic user's
@@ -18,15 +19,16 @@ use crate::views::{AuthorizationCreated, StartAuthorization};
     post,
     path = "/v1/tenants/{provet_id}/authorizations",
     tag = "tokens",
-    params(("provet_id" = i64, Path)),
+    params(ProvetIdPath),
     request_body(content = Option<StartAuthorization>, content_type = "application/json"),
     security(("api_key" = [])),
     responses(
         (status = 200, body = AuthorizationCreated),
-        (status = 400, body = crate::problem::Problem),
-        (status = 404, body = crate::problem::Problem),
-        (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem),
-        (status = 409, description = "misconfigured: the callback is not a redirect URI, or the tenant is client_credentials", body = crate::problem::Problem),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
     )
 )]
 pub async fn start(
@@ -37,7 +39,10 @@ pub async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: StartAuthorization = crate::parse_optional_json(&body.read().await?)?;
+    // No body, or `null`, asks for the defaults.
+    let body: StartAuthorization =
+        crate::parse_optional_json::<Option<StartAuthorization>>(&body.read().await?)?
+            .unwrap_or_default();
     let started = state
         .connect()
         .start(id, body.return_to, body.scope)
@@ -51,8 +56,11 @@ pub async fn start(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     code: Option<String>,
+    /// The one-time state from the authorize URL (a page says so when it is missing).
+    #[param(required = true)]
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,

@@ -1,7 +1,6 @@
 //! Health, readiness, metrics and the OpenAPI document.
 
 use actix_web::{HttpResponse, web};
-use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::problem::ApiError;
@@ -21,7 +20,7 @@ pub async fn healthz() -> HttpResponse {
     tag = "operations",
     responses(
         (status = 200, body = Ready),
-        (status = 503, description = "Database unreachable, migrations pending, or a key that sealed stored secrets is not configured", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, response = crate::openapi::Unavailable),
     )
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -50,7 +49,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
@@ -60,5 +59,5 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, body = Object)))]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::ApiDoc::openapi())
+    HttpResponse::Ok().json(crate::openapi::document())
 }

@@ -7,6 +7,10 @@ use broker_domain::{AuditAction, DeliverySource};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::openapi::{
+    BadRequest, HookupMessageRef, PayloadTooLarge, RequestTimeout, Unavailable,
+    UnsupportedMediaType,
+};
 use crate::problem::ApiError;
 use crate::routes::hookup::is_json;
 use crate::views::HookupReceiptView;
@@ -17,16 +21,15 @@ use crate::views::HookupReceiptView;
     post,
     path = "/admin/tenants",
     tag = "admin",
-    request_body(content = Object, content_type = "application/json", description = "The hookup message (Provet's schema)"),
+    request_body(content = HookupMessageRef, content_type = "application/json", description = "The hookup message (Provet's schema)"),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Stored", body = HookupReceiptView),
-        (status = 400, description = "Invalid JSON or schema violations, every field named", body = crate::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
-        (status = 413, description = "Body over 64 KiB", body = crate::problem::Problem),
-        (status = 415, description = "Not JSON", body = crate::problem::Problem),
-        (status = 503, description = "Not stored; retry", body = crate::problem::Problem),
+        (status = 400, response = BadRequest),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn register(

@@ -5,8 +5,11 @@ use actix_web::{HttpResponse, web};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::openapi::{
+    BadGateway, BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, Unavailable,
+};
 use crate::problem::ApiError;
-use crate::routes::admin::provet_id;
+use crate::routes::admin::{ProvetIdPath, provet_id};
 use crate::views::{ServiceTenantView, TokenRequestBody, TokenResponse};
 use broker_service::tokens::TokenRequest;
 use secrecy::ExposeSecret;
@@ -17,13 +20,13 @@ use secrecy::ExposeSecret;
     get,
     path = "/v1/tenants/{provet_id}",
     tag = "tokens",
-    params(("provet_id" = i64, Path)),
+    operation_id = "service_get_tenant",
+    params(ProvetIdPath),
     security(("api_key" = [])),
     responses(
         (status = 200, body = ServiceTenantView),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
-        (status = 404, description = "Unknown or removed tenant", body = crate::problem::Problem),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
     )
 )]
 pub async fn get_tenant(
@@ -45,20 +48,18 @@ pub async fn get_tenant(
     post,
     path = "/v1/tenants/{provet_id}/token",
     tag = "tokens",
-    params(("provet_id" = i64, Path)),
+    params(ProvetIdPath),
     request_body(content = Option<TokenRequestBody>, content_type = "application/json"),
     security(("api_key" = [])),
     responses(
         (status = 200, body = TokenResponse),
-        (status = 400, description = "invalid_request", body = crate::problem::Problem),
-        (status = 401, body = crate::problem::Problem),
-        (status = 403, body = crate::problem::Problem),
-        (status = 404, description = "tenant_not_found", body = crate::problem::Problem),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = crate::problem::Problem),
-        (status = 409, description = "reauthorization_required or misconfigured", body = crate::problem::Problem),
-        (status = 502, description = "upstream_rejected (with `upstream_error`)", body = crate::problem::Problem),
-        (status = 413, description = "payload_too_large: body over 64 KiB", body = crate::problem::Problem),
-        (status = 503, description = "upstream_unavailable (with Retry-After)", body = crate::problem::Problem),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 502, response = BadGateway),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn token(
@@ -69,7 +70,10 @@ pub async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let id = provet_id(&path)?;
     caller.require_tenant(id)?;
-    let body: TokenRequestBody = crate::parse_optional_json(&body.read().await?)?;
+    // No body, or `null`, asks for the defaults.
+    let body: TokenRequestBody =
+        crate::parse_optional_json::<Option<TokenRequestBody>>(&body.read().await?)?
+            .unwrap_or_default();
     let token = state
         .tokens()
         .token(

@@ -13,7 +13,26 @@ use broker_domain::AuditAction;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
+use crate::openapi::{BadRequest, NotFound, PayloadTooLarge, RequestTimeout};
 use crate::problem::ApiError;
+use broker_domain::{DeliveryState, WebhookState};
+
+/// An event type a webhook subscribes to, or `*` for every type.
+pub struct WebhookEventName;
+
+impl utoipa::PartialSchema for WebhookEventName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(
+                std::iter::once("*")
+                    .chain(broker_domain::EventType::ALL.iter().map(|t| t.as_str())),
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for WebhookEventName {}
 
 const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
@@ -25,6 +44,7 @@ pub struct CreateWebhook {
     /// An absolute http(s) URL; link-local addresses are refused.
     pub url: String,
     /// Event types, or `["*"]` for every type.
+    #[schema(value_type = Vec<WebhookEventName>, min_items = 1)]
     pub events: Vec<String>,
     #[serde(default)]
     pub description: String,
@@ -38,7 +58,7 @@ pub struct WebhookView {
     pub events: Vec<String>,
     pub description: String,
     /// `active`, or `disabled` after the endpoint answered `410 Gone`.
-    pub state: String,
+    pub state: WebhookState,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
 }
@@ -50,7 +70,7 @@ impl From<WebhookRecord> for WebhookView {
             url: w.url,
             events: w.events,
             description: w.description,
-            state: w.state.as_str().to_owned(),
+            state: w.state,
             created_at: w.created_at,
             disabled_at: w.disabled_at,
         }
@@ -78,7 +98,7 @@ pub struct WebhookDeliveryView {
     pub event_id: String,
     pub event_type: String,
     /// `pending`, `delivered` or `failed`.
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     /// When the last attempt was made.
@@ -96,7 +116,7 @@ impl From<WebhookDeliveryRecord> for WebhookDeliveryView {
         Self {
             event_id: d.event_public_id(),
             event_type: d.event_type,
-            state: d.state.as_str().to_owned(),
+            state: d.state,
             attempts: d.attempts,
             created_at: d.created_at,
             attempted_at: d.last_attempt_at,
@@ -115,9 +135,11 @@ pub struct WebhookDeliveryPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
     /// Deliveries older than this (from `next_before`).
     before: Option<i64>,
@@ -141,9 +163,10 @@ fn event_id(raw: &str) -> Result<i64, ApiError> {
     post,
     path = "/admin/webhooks",
     tag = "admin",
+    operation_id = "create_webhook",
     request_body = CreateWebhook,
     security(("api_key" = [])),
-    responses((status = 201, body = CreatedWebhook), (status = 400, description = "invalid_request, naming each bad field (a link-local URL, an unknown event type)", body = crate::problem::Problem))
+    responses((status = 201, body = CreatedWebhook), (status = 400, response = BadRequest), (status = 408, response = RequestTimeout), (status = 413, response = PayloadTooLarge))
 )]
 pub async fn create(
     state: web::Data<AppState>,
@@ -194,6 +217,7 @@ pub async fn create(
     get,
     path = "/admin/webhooks",
     tag = "admin",
+    operation_id = "list_webhooks",
     security(("api_key" = [])),
     responses((status = 200, body = WebhookList))
 )]
@@ -210,9 +234,10 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     delete,
     path = "/admin/webhooks/{id}",
     tag = "admin",
-    params(("id" = i64, Path)),
+    operation_id = "delete_webhook",
+    params(("id" = i64, Path, description = "The webhook's id")),
     security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = crate::problem::Problem))
+    responses((status = 204, description = "Deleted"), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -239,9 +264,10 @@ pub async fn delete(
     get,
     path = "/admin/webhooks/{id}/deliveries",
     tag = "admin",
-    params(("id" = i64, Path), DeliveryQuery),
+    operation_id = "webhook_deliveries",
+    params(("id" = i64, Path, description = "The webhook's id"), DeliveryQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookDeliveryPage), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, body = WebhookDeliveryPage), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn deliveries(
     state: web::Data<AppState>,
@@ -282,9 +308,10 @@ pub async fn deliveries(
     post,
     path = "/admin/webhooks/{id}/deliveries/{event_id}/retry",
     tag = "admin",
-    params(("id" = i64, Path), ("event_id" = String, Path)),
+    operation_id = "retry_webhook_delivery",
+    params(("id" = i64, Path, description = "The webhook's id"), ("event_id" = String, Path, pattern = "^evt_[0-7][0-9a-f]{15}$", description = "The event's id")),
     security(("api_key" = [])),
-    responses((status = 200, body = WebhookDeliveryView), (status = 202, body = WebhookDeliveryView), (status = 404, body = crate::problem::Problem))
+    responses((status = 200, description = "Attempted", body = WebhookDeliveryView), (status = 202, description = "An attempt was already in flight", body = WebhookDeliveryView), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]
 pub async fn retry(
     state: web::Data<AppState>,

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod startup;
 pub mod telemetry;
 mod tenants_add;

@@ -9,6 +9,7 @@
 //! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
 //! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod guard;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
     TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use tracing::Instrument;
@@ -44,6 +45,7 @@ pub struct UseCases {
     pub operations: Arc<Operations>,
     pub events: Arc<EventFeed>,
     pub webhooks: Arc<WebhookAdmin>,
+    pub audit: Arc<AuditLog>,
     /// Runs in the background (started by the binary); kept here so one value holds every
     /// use case.
     pub webhook_worker: Arc<WebhookWorker>,
@@ -111,6 +113,11 @@ impl AppState {
     /// `/admin/webhooks`.
     pub fn webhooks(&self) -> &WebhookAdmin {
         &self.use_cases.webhooks
+    }
+
+    /// `GET /admin/audit`, and every admin action's entry.
+    pub fn audit(&self) -> &AuditLog {
+        &self.use_cases.audit
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -206,6 +213,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/webhooks/{id}/deliveries/{event_id}/retry",
         web::post().to(routes::webhooks::retry),
     )
+    .route("/admin/audit", web::get().to(routes::audit::list))
     .route("/admin/api-keys", web::post().to(admin::create_api_key))
     .route("/admin/api-keys", web::get().to(admin::list_api_keys))
     .route(

@@ -7,8 +7,10 @@
 //! without the server; `telemetry.rs` the one tracing set-up.
 
 pub mod cli;
+mod cli_audit;
 pub mod config;
 pub mod export;
 pub mod startup;
 pub mod telemetry;
 mod tenants_add;
+mod tenants_remove;

@@ -15,8 +15,8 @@ use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, SystemClock,
-    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations,
+    SystemClock, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use broker_store::{Keyring, MasterKey, Store, StoreError, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -282,6 +282,7 @@ pub fn use_cases(
         .map_err(anyhow::Error::msg)?,
     );
     Ok(UseCases {
+        audit: Arc::new(AuditLog::new(store.clone(), clock.clone())),
         webhooks: Arc::new(WebhookAdmin::new(store.clone(), webhook_worker.clone())),
         webhook_worker,
         hookups,

@@ -1,6 +1,6 @@
 //! The whole broker as one value (`Dump`), for `provet-broker export` and `import`: every
 //! tenant, client, department, discovery record, grant, cached token, API key, setting,
-//! webhook and hookup delivery, with each secret opened with the store's keys and sealed
+//! webhook, hookup delivery and audit entry, with each secret opened with the store's keys and sealed
 //! again under the export's own key (and the reverse on import).
 //!
 //! Left out, on purpose: the events outbox and webhook deliveries (the feed's positions are
@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::aad;
 use crate::entity::{
-    api_key, client, department, discovery, grant, hookup_delivery, setting, tenant, token, webhook,
+    api_key, audit_entry, client, department, discovery, grant, hookup_delivery, setting, tenant,
+    token, webhook,
 };
 use crate::records::TokenKey;
 use crate::{Keyring, Result, Store, StoreError};
@@ -45,6 +46,7 @@ pub struct Dump {
     settings: Vec<setting::Model>,
     webhooks: Vec<webhook::Model>,
     hookup_deliveries: Vec<hookup_delivery::Model>,
+    audit_log: Vec<audit_entry::Model>,
 }
 
 /// A tenant and its event counter (a column the entity does not map).
@@ -68,6 +70,7 @@ pub struct DumpCounts {
     pub settings: usize,
     pub webhooks: usize,
     pub hookup_deliveries: usize,
+    pub audit_log: usize,
 }
 
 impl Dump {
@@ -83,6 +86,7 @@ impl Dump {
             settings: self.settings.len(),
             webhooks: self.webhooks.len(),
             hookup_deliveries: self.hookup_deliveries.len(),
+            audit_log: self.audit_log.len(),
         }
     }
 
@@ -225,6 +229,10 @@ impl Store {
                 .order_by_asc(hookup_delivery::Column::Id)
                 .all(&tx)
                 .await?,
+            audit_log: audit_entry::Entity::find()
+                .order_by_asc(audit_entry::Column::Id)
+                .all(&tx)
+                .await?,
         };
         tx.commit().await?;
         dump.reseal(&self.keyring, |a| a.to_owned(), seal, export_aad)?;
@@ -273,10 +281,17 @@ impl Store {
         insert_all::<setting::Entity>(tx, dump.settings).await?;
         insert_all::<webhook::Entity>(tx, dump.webhooks).await?;
         insert_all::<hookup_delivery::Entity>(tx, dump.hookup_deliveries).await?;
+        insert_all::<audit_entry::Entity>(tx, dump.audit_log).await?;
         if tx.get_database_backend() == DbBackend::Postgres {
             // Rows came with their ids: move each id sequence past them. (SQLite's
             // AUTOINCREMENT follows explicit ids by itself.)
-            for table in ["clients", "api_keys", "webhooks", "hookup_deliveries"] {
+            for table in [
+                "clients",
+                "api_keys",
+                "webhooks",
+                "hookup_deliveries",
+                "audit_log",
+            ] {
                 tx.execute_unprepared(&format!(
                     "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
                      COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
@@ -301,6 +316,10 @@ async fn refuse_non_empty(tx: &impl ConnectionTrait) -> Result<()> {
         (
             "hookup delivery(ies)",
             hookup_delivery::Entity::find().count(tx).await?,
+        ),
+        (
+            "audit entry(ies)",
+            audit_entry::Entity::find().count(tx).await?,
         ),
     ];
     let held: Vec<String> = found

@@ -13,6 +13,7 @@ mod connect;
 mod discovery;
 mod discovery_faults;
 mod events;
+mod export_import;
 mod hardening_edge;
 mod hardening_store;
 mod hardening_tokens;

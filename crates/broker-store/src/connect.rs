@@ -59,16 +59,10 @@ pub(crate) fn usage(db: &DatabaseConnection) -> PoolUsage {
 /// ciphertexts, the tokens' metadata or the API key hashes. An existing file is made 0600;
 /// an existing folder is left as the operator made it. Returns the file's path.
 pub(crate) fn prepare_sqlite_folder(url: &str) -> Result<Option<PathBuf>> {
-    let path = url
-        .trim_start_matches("sqlite:")
-        .trim_start_matches("//")
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    if path.is_empty() || path == ":memory:" || path.starts_with("file::memory:") {
+    let Some(path) = sqlite_file(url) else {
         return Ok(None);
-    }
-    let path = Path::new(path);
+    };
+    let path = path.as_path();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
     {
@@ -103,6 +97,20 @@ pub(crate) fn prepare_sqlite_folder(url: &str) -> Result<Option<PathBuf>> {
     })?;
     restrict_file(path)?;
     Ok(Some(path.to_path_buf()))
+}
+
+/// The file a `sqlite:` URL names, or `None` for an in-memory database.
+pub(crate) fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || path.starts_with("file::memory:") {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 /// Makes an existing file readable by its owner only (nothing when it does not exist).

@@ -32,6 +32,7 @@ mod db;
 mod discovery;
 mod entity;
 pub mod events;
+mod export;
 mod fleet;
 mod grants;
 mod hookup_events;
@@ -61,9 +62,10 @@ pub use settings::Settings;
 pub use tenants::Tenants;
 pub use tokens::{LeaseAttempt, TokenLease, Tokens};
 
-use connect::{pool_options, prepare_sqlite_folder, restrict_file, usage};
+use connect::{pool_options, prepare_sqlite_folder, restrict_file, sqlite_file, usage};
 use db::Db;
 pub use events::Events;
+pub use export::{Dump, DumpCounts};
 pub use service_tenants::ServiceTenantQuery;
 pub use webhooks::Webhooks;
 
@@ -78,6 +80,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot prepare the database: {0}")]
     Setup(String),
+    /// `open_existing` found no database at the URL.
+    #[error("the database does not exist")]
+    NoDatabase,
+    /// `open_existing` found migrations this build knows that have not run.
+    #[error("the database is behind: {0} migration(s) pending")]
+    PendingMigrations(usize),
+    /// `import` found rows in the target.
+    #[error("the target database is not empty: it holds {0}")]
+    NotEmpty(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -196,6 +207,33 @@ impl Store {
             db,
             keyring,
         })
+    }
+
+    /// Connects to a database that must already exist and be migrated, creating nothing (no
+    /// SQLite file or folder, no migrations table): for commands that only read.
+    pub async fn open_existing(options: &StoreOptions, keyring: Arc<Keyring>) -> Result<Self> {
+        if options.url.starts_with("sqlite:")
+            && let Some(file) = sqlite_file(&options.url)
+            && !file.is_file()
+        {
+            return Err(StoreError::NoDatabase);
+        }
+        let store = match Self::connect(options, keyring).await {
+            Ok(store) => store,
+            // PostgreSQL's "database ... does not exist" (SQLSTATE 3D000).
+            Err(StoreError::Db(e)) if e.to_string().contains("does not exist") => {
+                return Err(StoreError::NoDatabase);
+            }
+            Err(e) => return Err(e),
+        };
+        let pending = Migrator::get_pending_migrations_read_only(&store.db.main)
+            .await?
+            .len();
+        if pending > 0 {
+            store.clone().close().await;
+            return Err(StoreError::PendingMigrations(pending));
+        }
+        Ok(store)
     }
 
     /// Tenants, clients, departments and hookup deliveries.

@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 
 use crate::cli_audit;
 use crate::config::Settings;
-use crate::startup::{Application, open_store};
+use crate::startup::{Application, open_existing_store, open_store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +72,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write every tenant, client, grant, token, API key, webhook and setting (with the
+    /// hookup secret) to one file, secrets sealed under a passphrase or --key-file.
+    Export(crate::export::ExportArgs),
+    /// Load an export into a new, empty database (migrated first), its secrets sealed
+    /// again under this database's master key.
+    Import(crate::export::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +209,8 @@ impl Cli {
                 print_completions(shell);
                 Ok(())
             }
+            Command::Export(args) => crate::export::export(&settings, args).await,
+            Command::Import(args) => crate::export::import(&settings, args).await,
         }
     }
 }
@@ -296,7 +304,11 @@ fn role_parser() -> impl TypedValueParser<Value = ApiKeyRole> {
 }
 
 async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> {
-    let use_cases = offline_use_cases(settings).await?;
+    let use_cases = if matches!(cmd, ApiKeyCommand::List) {
+        read_only_use_cases(settings).await?
+    } else {
+        offline_use_cases(settings).await?
+    };
     match cmd {
         ApiKeyCommand::Create {
             name,
@@ -440,7 +452,11 @@ async fn rerun_discovery(
 }
 
 async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()> {
-    let use_cases = offline_use_cases(settings).await?;
+    let use_cases = if matches!(cmd, TenantsCommand::Add { .. }) {
+        offline_use_cases(settings).await?
+    } else {
+        read_only_use_cases(settings).await?
+    };
     match cmd {
         TenantsCommand::List {
             status,
@@ -501,6 +517,17 @@ async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
     let store = open_store(settings).await?;
     store.migrate().await?;
     // Commands never answer hookups: a throwaway secret keeps the URL closed.
+    crate::startup::use_cases(
+        settings,
+        store,
+        HookupSecrets::new(HookupSecrets::generate(), &[]),
+    )
+}
+
+/// The use cases over an existing, migrated database, for commands that only read: nothing
+/// is created or migrated (see `open_existing_store`).
+async fn read_only_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
+    let store = open_existing_store(settings).await?;
     crate::startup::use_cases(
         settings,
         store,

@@ -11,6 +11,7 @@ pub mod cli;
 mod cli_audit;
 mod cli_tenants;
 pub mod config;
+pub mod export;
 mod healthcheck;
 pub mod startup;
 pub mod telemetry;

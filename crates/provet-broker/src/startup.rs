@@ -18,7 +18,7 @@ use broker_service::{
     ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations,
     SystemClock, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
-use broker_store::{Keyring, MasterKey, Store, StoreOptions};
+use broker_store::{Keyring, MasterKey, Store, StoreError, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -158,6 +158,41 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
     if let Some(key) = generated {
         key.persist()?;
+    }
+    Ok(store)
+}
+
+/// Opens the database for a command that only reads (`tenants list|show`, `api-key list`,
+/// `export`, `hookup-url`): it must exist and be migrated. Creates nothing: no SQLite file or
+/// folder, no migrations table, no master key (without one configured or generated before,
+/// an in-memory key that is never written opens a database with nothing sealed, and a
+/// database holding secrets is refused as `open_store` refuses it).
+pub async fn open_existing_store(settings: &Settings) -> anyhow::Result<Store> {
+    let (keyring, _never_written) = keyring(settings)?;
+    let url = redact_url(&settings.database.url);
+    let store = match Store::open_existing(&store_options(settings), Arc::new(keyring)).await {
+        Ok(store) => store,
+        Err(StoreError::NoDatabase) => bail!(
+            "there is no database at {url}: this command only reads. Run `provet-broker migrate` (or start the daemon) to create it, or set database.url"
+        ),
+        Err(StoreError::PendingMigrations(n)) => bail!(
+            "the database at {url} is behind this version ({n} migration(s) pending): this command only reads. Run `provet-broker migrate` first"
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot open the database ({url})")));
+        }
+    };
+    let missing = store
+        .settings()
+        .missing_key_ids()
+        .await
+        .context("reading which keys sealed the stored secrets")?;
+    if !missing.is_empty() {
+        bail!(
+            "the database holds secrets sealed with key id(s) {}, which are not configured (the current key is {}): set secrets.master_key to that key, or add it to secrets.previous_keys",
+            missing.join(", "),
+            store.keyring().current_id()
+        );
     }
     Ok(store)
 }

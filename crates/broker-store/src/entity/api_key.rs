@@ -2,7 +2,7 @@ use broker_domain::ApiKeyRole;
 use sea_orm::entity::prelude::*;
 
 /// An API key: only the SHA-256 of the key is kept, and its first characters to recognise it.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "api_keys")]
 pub struct Model {
     #[sea_orm(primary_key)]

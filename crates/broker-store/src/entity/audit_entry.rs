@@ -2,7 +2,7 @@ use broker_domain::{ActorKind, AuditAction, AuditOutcome};
 use sea_orm::entity::prelude::*;
 
 /// One admin action: who, what, to which tenant or object, and how it ended. Never a secret.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "audit_log")]
 pub struct Model {
     #[sea_orm(primary_key)]

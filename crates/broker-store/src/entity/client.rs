@@ -3,7 +3,7 @@ use sea_orm::entity::prelude::*;
 
 /// One OAuth client of a tenant. `client_secret` holds ciphertext (see `crypto`), never
 /// plaintext; superseded clients keep their row for audit with the secret wiped.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "clients")]
 pub struct Model {
     #[sea_orm(primary_key)]

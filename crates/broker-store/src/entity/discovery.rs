@@ -2,7 +2,7 @@ use broker_domain::DiscoveryState;
 use sea_orm::entity::prelude::*;
 
 /// A tenant's OpenID Connect metadata and the state of fetching it.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "discovery")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

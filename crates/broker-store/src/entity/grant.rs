@@ -2,7 +2,7 @@ use broker_domain::GrantState;
 use sea_orm::entity::prelude::*;
 
 /// A clinic user's grant: the refresh token (sealed) that keeps the tenant connected.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "grants")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

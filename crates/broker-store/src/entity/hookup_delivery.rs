@@ -3,7 +3,7 @@ use sea_orm::entity::prelude::*;
 
 /// One POST to the hookup URL that passed the secret check: accepted or rejected.
 /// `payload` is the redacted message (JSON), `errors` the field errors (JSON) of a rejection.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "hookup_deliveries")]
 pub struct Model {
     #[sea_orm(primary_key)]

@@ -1,7 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 /// Broker-wide values kept in the database (the generated hookup secret, sealed).
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "settings")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

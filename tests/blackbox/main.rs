@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod connect;
+mod console;
 mod discovery;
 mod discovery_faults;
 mod events;

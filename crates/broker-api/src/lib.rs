@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
+    ApiKeys, Clock, ConnectFlow, Console, Discovery, EventFeed, HookupIntake, Metrics, Operations,
     TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use tracing::Instrument;
@@ -44,6 +44,7 @@ pub struct UseCases {
     pub operations: Arc<Operations>,
     pub events: Arc<EventFeed>,
     pub webhooks: Arc<WebhookAdmin>,
+    pub console: Arc<Console>,
     /// Runs in the background (started by the binary); kept here so one value holds every
     /// use case.
     pub webhook_worker: Arc<WebhookWorker>,
@@ -111,6 +112,11 @@ impl AppState {
     /// `/admin/webhooks`.
     pub fn webhooks(&self) -> &WebhookAdmin {
         &self.use_cases.webhooks
+    }
+
+    /// The operators' console sessions (`/console`).
+    pub fn console(&self) -> &Console {
+        &self.use_cases.console
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -10,6 +10,7 @@
 //! | OpenID Connect metadata and JWKS | `Discovery` | `discovery.rs` |
 //! | operators look at and manage tenants | `TenantAdmin` | `tenants.rs` |
 //! | API keys | `ApiKeys` | `api_keys.rs` |
+//! | operators' console sessions | `Console` | `console.rs` |
 //! | the event feed services follow | `EventFeed` | `events.rs` |
 //! | webhooks: registration, fan-out, signed delivery | `WebhookAdmin`, `WebhookWorker` | `webhooks/` |
 //! | readiness and metrics | `Operations` (metrics in `metrics.rs`) | `operations.rs` |
@@ -19,6 +20,7 @@
 pub mod api_keys;
 pub mod clock;
 pub mod connect;
+pub mod console;
 pub mod discovery;
 pub mod events;
 pub mod hookup;
@@ -37,6 +39,7 @@ pub use broker_store::{
 };
 pub use clock::{Clock, SystemClock};
 pub use connect::ConnectFlow;
+pub use console::Console;
 pub use discovery::Discovery;
 pub use events::EventFeed;
 pub use hookup::HookupIntake;

@@ -15,8 +15,8 @@ use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations, SystemClock,
-    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
+    ApiKeys, Clock, ConnectFlow, Console, Discovery, HookupIntake, Metrics, Operations,
+    SystemClock, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -246,7 +246,18 @@ pub fn use_cases(
         )
         .map_err(anyhow::Error::msg)?,
     );
+    let api_keys = Arc::new(ApiKeys::new(
+        store.clone(),
+        clock.clone(),
+        settings.server.api_key_cache_ttl,
+    ));
     Ok(UseCases {
+        console: Arc::new(Console::new(
+            store.clone(),
+            api_keys.clone(),
+            clock.clone(),
+            settings.console.to_service(&settings.server.public_url),
+        )),
         webhooks: Arc::new(WebhookAdmin::new(store.clone(), webhook_worker.clone())),
         webhook_worker,
         hookups,
@@ -257,11 +268,7 @@ pub fn use_cases(
             discovery.clone(),
             clock.clone(),
         )),
-        api_keys: Arc::new(ApiKeys::new(
-            store.clone(),
-            clock.clone(),
-            settings.server.api_key_cache_ttl,
-        )),
+        api_keys,
         events: Arc::new(broker_service::EventFeed::new(
             store.events().clone(),
             settings.events.to_service(),
@@ -355,6 +362,7 @@ impl Application {
                 .wrap(from_fn(broker_api::body::bound_request_body))
                 .wrap(from_fn(broker_api::observe))
                 .configure(broker_api::configure)
+                .configure(broker_console::configure)
                 .default_service(web::to(broker_api::not_found))
         })
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs())

@@ -403,6 +403,29 @@ async fn tenant_actions_change_what_the_admin_api_and_the_provider_see() {
         format!("/console/tenants/{id}?notice=removed")
     );
     assert_eq!(tenant_json(&daemon, &admin, id).await["status"], "removed");
+
+    // Every action is in the audit log, by the console and the signed-in key.
+    let (status, log) = daemon.get("/admin/audit?limit=100", Some(&admin)).await;
+    assert_eq!(status, 200, "{log}");
+    let entries = log["entries"].as_array().cloned().unwrap_or_default();
+    for (action, outcome) in [
+        ("tenant.discovery", "ok"),
+        ("tenant.connect_link", "ok"),
+        ("tenant.verify", "ok"),
+        ("grant.revoke", "ok"),
+        ("tenant.remove", "refused"),
+        ("tenant.remove", "ok"),
+        ("console.sign_in", "ok"),
+    ] {
+        assert!(
+            entries.iter().any(|e| e["action"] == action
+                && e["outcome"] == outcome
+                && e["actor"]["kind"] == "console"),
+            "no console {action} {outcome} in {log}"
+        );
+    }
+    browser.goto(&daemon.url("/console/audit")).await;
+    assert!(browser.text("#audit").await.contains("tenant.remove"));
     browser.close().await;
 }
 

@@ -217,6 +217,7 @@ async fn operations_endpoints_answer(backend: Backend) {
         "POST /admin/api-keys",
         "GET /admin/api-keys",
         "DELETE /admin/api-keys/{id}",
+        "GET /admin/audit",
         "POST /admin/webhooks",
         "GET /admin/webhooks",
         "DELETE /admin/webhooks/{id}",

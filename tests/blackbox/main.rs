@@ -6,6 +6,7 @@
 mod helpers;
 
 mod admin;
+mod audit;
 mod connect;
 mod console;
 mod discovery;
@@ -19,6 +20,7 @@ mod id_tokens;
 mod lifecycle;
 mod pg_restart;
 mod provider;
+mod quickstart;
 mod registration;
 mod reliability;
 mod scale;

@@ -9,6 +9,7 @@
 //! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
 //! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod guard;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 
 use broker_service::metrics::{HttpLabels, MethodLabel, RouteLabels};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Console, Discovery, EventFeed, HookupIntake, Metrics, Operations,
-    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Console, Discovery, EventFeed, HookupIntake, Metrics,
+    Operations, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use tracing::Instrument;
 
@@ -44,6 +45,7 @@ pub struct UseCases {
     pub operations: Arc<Operations>,
     pub events: Arc<EventFeed>,
     pub webhooks: Arc<WebhookAdmin>,
+    pub audit: Arc<AuditLog>,
     pub console: Arc<Console>,
     /// Runs in the background (started by the binary); kept here so one value holds every
     /// use case.
@@ -112,6 +114,11 @@ impl AppState {
     /// `/admin/webhooks`.
     pub fn webhooks(&self) -> &WebhookAdmin {
         &self.use_cases.webhooks
+    }
+
+    /// `GET /admin/audit`, and every admin action's entry.
+    pub fn audit(&self) -> &AuditLog {
+        &self.use_cases.audit
     }
 
     /// The operators' console sessions (`/console`).
@@ -212,6 +219,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/webhooks/{id}/deliveries/{event_id}/retry",
         web::post().to(routes::webhooks::retry),
     )
+    .route("/admin/audit", web::get().to(routes::audit::list))
     .route("/admin/api-keys", web::post().to(admin::create_api_key))
     .route("/admin/api-keys", web::get().to(admin::list_api_keys))
     .route(

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, feed, hookup, oauth, ops, registration, service, webhooks};
+use crate::routes::{admin, audit, feed, hookup, oauth, ops, registration, service, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,7 @@ use crate::routes::{admin, feed, hookup, oauth, ops, registration, service, webh
         admin::create_api_key,
         admin::list_api_keys,
         admin::revoke_api_key,
+        audit::list,
         webhooks::create,
         webhooks::list,
         webhooks::delete,

@@ -3,13 +3,14 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use broker_api::AppState;
-use broker_domain::ApiKeyRole;
+use broker_domain::{ApiKeyRole, AuditAction, AuditOutcome};
 use broker_service::api_keys::ApiKeyError;
 use broker_service::console::ConsoleSession;
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use crate::audit::audit;
 use crate::error::ConsoleError;
 use crate::layout::{self, Shell, csrf_field, state_badge};
 use crate::overview::html_page;
@@ -150,7 +151,20 @@ pub async fn create(
         }
     }
     let tenants = (!tenants.is_empty()).then_some(tenants);
-    match state.api_keys().create(&form.name, role, tenants).await {
+    let created = state.api_keys().create(&form.name, role, tenants).await;
+    let entry = audit(&state, &session.key_name, AuditAction::ApiKeyCreate);
+    let entry = match &created {
+        Ok(c) => entry.target(format!("api key {} ({})", c.record.id, c.record.name)),
+        Err(_) => entry.target(format!("name {}", form.name.trim())),
+    };
+    entry
+        .outcome(match &created {
+            Ok(_) => AuditOutcome::Ok,
+            Err(ApiKeyError::Invalid { .. }) => AuditOutcome::Refused,
+            Err(_) => AuditOutcome::Failed,
+        })
+        .await;
+    match created {
         Ok(created) => {
             let page = keys_page(
                 &state,
@@ -182,15 +196,19 @@ pub async fn revoke(
     path: web::Path<String>,
     form: web::Form<RevokeForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id: i64 = path
         .parse()
         .map_err(|_| ConsoleError::NotFound("That is not an API key id.".into()))?;
-    if state.api_keys().revoke(id).await? {
-        Ok(redirect("/console/api-keys?notice=revoked"))
-    } else {
-        Err(ConsoleError::NotFound(format!(
+    let result = match state.api_keys().revoke(id).await {
+        Ok(true) => Ok(redirect("/console/api-keys?notice=revoked")),
+        Ok(false) => Err(ConsoleError::NotFound(format!(
             "API key {id} does not exist or is already revoked."
-        )))
-    }
+        ))),
+        Err(e) => Err(e.into()),
+    };
+    audit(&state, &session.key_name, AuditAction::ApiKeyRevoke)
+        .target(format!("api key {id}"))
+        .finish(result)
+        .await
 }

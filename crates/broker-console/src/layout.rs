@@ -19,6 +19,7 @@ const NAV: &[(&str, &str, &str)] = &[
     ("register", "/console/register", "Register a tenant"),
     ("api-keys", "/console/api-keys", "API keys"),
     ("webhooks", "/console/webhooks", "Webhooks"),
+    ("audit", "/console/audit", "Audit log"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -106,7 +107,9 @@ pub fn badge(word: &str, tone: Tone) -> Markup {
 pub fn state_badge(state: &str) -> Markup {
     let tone = match state {
         "ok" | "active" | "delivered" => Tone::Good,
-        "rejected" | "failed" | "revoked" | "reauthorization_required" | "disabled" => Tone::Bad,
+        "rejected" | "failed" | "revoked" | "reauthorization_required" | "disabled" | "refused" => {
+            Tone::Bad
+        }
         "pending" | "unchecked" => Tone::Warn,
         _ => Tone::Neutral,
     };

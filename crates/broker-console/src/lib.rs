@@ -6,9 +6,10 @@
 //! `session.rs` sign-in, the session cookie and the CSRF check; `error.rs` error pages that
 //! say what to do; `layout.rs` the page shell, badges and times; one file per area:
 //! `overview.rs`, `tenants.rs` (list, tenant page and its actions, registration by hand),
-//! `api_keys.rs`, `webhooks.rs`; `assets/` the CSS and the small copy-button script.
+//! `api_keys.rs`, `webhooks.rs`, `audit.rs` (every action's entry, and the log's page); `assets/` the CSS and the small copy-button script.
 
 mod api_keys;
+mod audit;
 mod error;
 mod layout;
 mod overview;
@@ -87,6 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api-keys", web::get().to(api_keys::list))
             .route("/api-keys", web::post().to(api_keys::create))
             .route("/api-keys/{id}/revoke", web::post().to(api_keys::revoke))
+            .route("/audit", web::get().to(audit::page))
             .route("/webhooks", web::get().to(webhooks::list))
             .route("/webhooks", web::post().to(webhooks::create))
             .route("/webhooks/{id}", web::get().to(webhooks::page))

@@ -5,6 +5,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use broker_api::AppState;
+use broker_domain::{AuditAction, AuditOutcome};
 use broker_service::console::{ConsoleSession, SignInError, random_token};
 use cookie::{Cookie, SameSite};
 use maud::html;
@@ -12,6 +13,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use crate::audit::audit;
 use crate::error::ConsoleError;
 use crate::layout;
 
@@ -163,6 +165,9 @@ pub async fn sign_in(
     match state.console().sign_in(&key).await {
         Ok(session) => {
             tracing::Span::current().record("api_key", session.key_name.as_str());
+            audit(&state, &session.key_name, AuditAction::ConsoleSignIn)
+                .outcome(AuditOutcome::Ok)
+                .await;
             let max_age =
                 i64::try_from(state.console().settings().session_ttl.as_secs()).unwrap_or(i64::MAX);
             use secrecy::ExposeSecret;
@@ -192,13 +197,34 @@ pub async fn sign_in(
                 ),
             ))
         }
-        Err(e @ (SignInError::NotAdmin(_) | SignInError::Unusable { .. })) => Ok(sign_in_response(
-            &state,
-            actix_web::http::StatusCode::FORBIDDEN,
-            Some(&format!("{e}. Sign in with an unscoped admin key.")),
-        )),
+        // Unknown keys are not audited (there is no one to name; the throttle counts them).
+        Err(SignInError::NotAdmin(name)) => Ok(refused(&state, name, None).await),
+        Err(SignInError::Unusable { name, reason }) => {
+            Ok(refused(&state, name, Some(reason)).await)
+        }
         Err(SignInError::Store(e)) => Err(e.into()),
     }
+}
+
+/// A live key that may not sign in (a token key, or an unusable admin key): audited as a
+/// refused sign-in by that key.
+async fn refused(state: &AppState, name: String, unusable: Option<&str>) -> HttpResponse {
+    audit(state, &name, AuditAction::ConsoleSignIn)
+        .outcome(AuditOutcome::Refused)
+        .await;
+    let message = match unusable {
+        None => format!(
+            "API key `{name}` is a token key: only admin keys can sign in to the console. Sign in with an unscoped admin key."
+        ),
+        Some(reason) => format!(
+            "API key `{name}` cannot be used: {reason}. Sign in with an unscoped admin key."
+        ),
+    };
+    sign_in_response(
+        state,
+        actix_web::http::StatusCode::FORBIDDEN,
+        Some(&message),
+    )
 }
 
 #[derive(Deserialize)]
@@ -212,10 +238,13 @@ pub async fn sign_out(
     req: HttpRequest,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     if let Some(token) = cookie_value(&req, SESSION_COOKIE) {
         state.console().sign_out(&token).await?;
     }
+    audit(&state, &session.key_name, AuditAction::ConsoleSignOut)
+        .outcome(AuditOutcome::Ok)
+        .await;
     tracing::info!("console sign-out");
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/console/sign-in"))

@@ -5,13 +5,16 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use broker_api::AppState;
-use broker_domain::{DeliverySource, DiscoveryState, GrantType, ParseError, TenantStatus};
+use broker_domain::{
+    AuditAction, AuditOutcome, DeliverySource, DiscoveryState, GrantType, ParseError, TenantStatus,
+};
 use broker_service::console::ConsoleSession;
 use broker_service::hookup::HookupError;
 use broker_service::{TenantFilter, TenantRecord};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use crate::audit::audit;
 use crate::error::ConsoleError;
 use crate::layout::{self, Shell, csrf_field, maybe_time, state_badge};
 use crate::overview::html_page;
@@ -410,9 +413,17 @@ pub async fn rerun_discovery(
     path: web::Path<String>,
     form: web::Form<ActionForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = provet_id(&path)?;
-    state.tenant_admin().rediscover(id).await?;
+    let result = state
+        .tenant_admin()
+        .rediscover(id)
+        .await
+        .map_err(ConsoleError::from);
+    audit(&state, &session.key_name, AuditAction::TenantDiscovery)
+        .tenant(id)
+        .finish(result)
+        .await?;
     Ok(back(id, "discovery"))
 }
 
@@ -423,9 +434,17 @@ pub async fn verify(
     path: web::Path<String>,
     form: web::Form<ActionForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = provet_id(&path)?;
-    state.tenant_admin().verify(id).await?;
+    let result = state
+        .tenant_admin()
+        .verify(id)
+        .await
+        .map_err(ConsoleError::from);
+    audit(&state, &session.key_name, AuditAction::TenantVerify)
+        .tenant(id)
+        .finish(result)
+        .await?;
     Ok(back(id, "verified"))
 }
 
@@ -438,7 +457,15 @@ pub async fn connect_link(
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = provet_id(&path)?;
-    let link = state.connect().start(id, None, None).await?;
+    let link = state
+        .connect()
+        .start(id, None, None)
+        .await
+        .map_err(ConsoleError::from);
+    let link = audit(&state, &session.key_name, AuditAction::ConnectLink)
+        .tenant(id)
+        .finish(link)
+        .await?;
     Ok(html_page(
         tenant_page(&state, &session, id, None, Some(&link), None).await?,
     ))
@@ -457,15 +484,20 @@ pub async fn revoke_grant(
     path: web::Path<String>,
     form: web::Form<RevokeForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = provet_id(&path)?;
-    if state.connect().revoke_grant(id, &form.subject).await? {
-        Ok(back(id, "grant-revoked"))
-    } else {
-        Err(ConsoleError::NotFound(format!(
+    let result = match state.connect().revoke_grant(id, &form.subject).await {
+        Ok(true) => Ok(back(id, "grant-revoked")),
+        Ok(false) => Err(ConsoleError::NotFound(format!(
             "Tenant {id} has no grant for that subject."
-        )))
-    }
+        ))),
+        Err(e) => Err(e.into()),
+    };
+    audit(&state, &session.key_name, AuditAction::GrantRevoke)
+        .tenant(id)
+        .target(format!("grant {}", form.subject))
+        .finish(result)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -484,6 +516,10 @@ pub async fn remove(
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = provet_id(&path)?;
     if form.confirm.trim() != id.to_string() {
+        audit(&state, &session.key_name, AuditAction::TenantRemove)
+            .tenant(id)
+            .outcome(AuditOutcome::Refused)
+            .await;
         let page = tenant_page(
             &state,
             &session,
@@ -499,7 +535,15 @@ pub async fn remove(
             .content_type("text/html; charset=utf-8")
             .body(page.into_string()));
     }
-    state.tenant_admin().remove(id).await?;
+    let result = state
+        .tenant_admin()
+        .remove(id)
+        .await
+        .map_err(ConsoleError::from);
+    audit(&state, &session.key_name, AuditAction::TenantRemove)
+        .tenant(id)
+        .finish(result)
+        .await?;
     Ok(back(id, "removed"))
 }
 
@@ -551,13 +595,22 @@ pub async fn register(
     form: web::Form<RegisterForm>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
-    match state
+    let registered = state
         .hookups()
         .register(form.message.as_bytes(), DeliverySource::Admin)
-        .await
-    {
-        Ok(receipt) => Ok(back(receipt.provet_id, receipt.outcome.as_str())),
+        .await;
+    let entry = audit(&state, &session.key_name, AuditAction::TenantRegister);
+    match registered {
+        Ok(receipt) => {
+            entry
+                .tenant(receipt.provet_id)
+                .target(format!("client {}", receipt.client_id))
+                .outcome(AuditOutcome::Ok)
+                .await;
+            Ok(back(receipt.provet_id, receipt.outcome.as_str()))
+        }
         Err(HookupError::Invalid(e)) => {
+            entry.outcome(AuditOutcome::Refused).await;
             let errors = match e {
                 ParseError::InvalidJson(why) => {
                     vec![("$".to_owned(), format!("not valid JSON: {why}"))]
@@ -570,6 +623,6 @@ pub async fn register(
                 .content_type("text/html; charset=utf-8")
                 .body(register_form(&session, &form.message, &errors).into_string()))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => entry.finish(Err(e.into())).await,
     }
 }

@@ -4,12 +4,14 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use broker_api::AppState;
+use broker_domain::{AuditAction, AuditOutcome};
 use broker_service::console::ConsoleSession;
 use broker_service::webhooks::{ManualRetry, WebhookError};
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use crate::audit::audit;
 use crate::error::ConsoleError;
 use crate::layout::{self, Shell, csrf_field, maybe_time, state_badge};
 use crate::overview::html_page;
@@ -117,11 +119,23 @@ pub async fn create(
         .map(str::to_owned)
         .collect();
     let now = state.clock().now();
-    match state
+    let created = state
         .webhooks()
         .create(form.url.trim(), &events, form.description.trim(), now)
-        .await
-    {
+        .await;
+    let entry = audit(&state, &session.key_name, AuditAction::WebhookCreate);
+    let entry = match &created {
+        Ok(c) => entry.target(format!("webhook {}", c.record.id)),
+        Err(_) => entry,
+    };
+    entry
+        .outcome(match &created {
+            Ok(_) => AuditOutcome::Ok,
+            Err(WebhookError::Invalid(_)) => AuditOutcome::Refused,
+            Err(WebhookError::Store(_)) => AuditOutcome::Failed,
+        })
+        .await;
+    match created {
         Ok(created) => {
             let page = list_page(
                 &state,
@@ -225,15 +239,19 @@ pub async fn delete(
     path: web::Path<String>,
     form: web::Form<ActionForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = webhook_id(&path)?;
-    if state.webhooks().delete(id).await? {
-        Ok(redirect("/console/webhooks?notice=deleted"))
-    } else {
-        Err(ConsoleError::NotFound(format!(
+    let result = match state.webhooks().delete(id).await {
+        Ok(true) => Ok(redirect("/console/webhooks?notice=deleted")),
+        Ok(false) => Err(ConsoleError::NotFound(format!(
             "Webhook {id} does not exist."
-        )))
-    }
+        ))),
+        Err(e) => Err(e.into()),
+    };
+    audit(&state, &session.key_name, AuditAction::WebhookDelete)
+        .target(format!("webhook {id}"))
+        .finish(result)
+        .await
 }
 
 pub async fn retry(
@@ -242,22 +260,27 @@ pub async fn retry(
     path: web::Path<(String, String)>,
     form: web::Form<ActionForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let _session = checked(&req, &state, form.csrf.as_deref()).await?;
+    let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let (id, event_id) = path.into_inner();
     let id = webhook_id(&id)?;
     let event_id: i64 = event_id
         .parse()
         .map_err(|_| ConsoleError::NotFound("That is not an event id.".into()))?;
-    match state
+    let result = match state
         .webhooks()
         .retry(id, event_id, state.clock().now())
-        .await?
+        .await
     {
-        ManualRetry::NotFound => Err(ConsoleError::NotFound(format!(
+        Ok(ManualRetry::NotFound) => Err(ConsoleError::NotFound(format!(
             "Webhook {id} has no delivery of that event."
         ))),
-        ManualRetry::InFlight(_) | ManualRetry::Attempted(_) => {
+        Ok(ManualRetry::InFlight(_) | ManualRetry::Attempted(_)) => {
             Ok(redirect(&format!("/console/webhooks/{id}?notice=retried")))
         }
-    }
+        Err(e) => Err(e.into()),
+    };
+    audit(&state, &session.key_name, AuditAction::WebhookRetry)
+        .target(format!("webhook {id} event {event_id}"))
+        .finish(result)
+        .await
 }

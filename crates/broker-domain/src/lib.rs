@@ -7,9 +7,11 @@
 //! - `hookup.rs`: the hookup message and its one parser (parse = validate).
 //! - `hookup_decision.rs`: what a valid hookup does to a tenant's stored state, decided
 //!   without I/O (registered / updated / unchanged, what changed, what to revoke).
+//! - `audit.rs`: one audit-log entry (who did which admin action to what, and how it ended).
 //! - `tenant.rs`: `ProvetId`.
 //! - `hosts.rs`: which upstream hosts and URLs are acceptable.
 
+pub mod audit;
 pub mod events;
 pub mod hookup;
 pub mod hookup_decision;
@@ -18,14 +20,15 @@ pub mod states;
 pub mod tenant;
 pub mod webhooks;
 
+pub use audit::{Actor, AuditRecord};
 pub use events::{EventType, api_base_url};
 pub use hookup::{DepartmentChange, FieldError, HookupMessage, ParseError, Rejected};
 pub use hookup_decision::{HookupDecision, StoredClient, StoredTenant, decide_hookup};
 pub use hosts::{HostAllowlist, UrlPolicy};
 pub use states::{
-    ApiKeyRole, ClientType, CredentialsState, DeliveryOutcome, DeliverySource, DeliveryState,
-    DiscoveryState, GrantState, GrantType, HookupOutcome, SigningAlgorithm, TenantStatus,
-    UnknownState, WebhookState,
+    ActorKind, ApiKeyRole, AuditAction, AuditOutcome, ClientType, CredentialsState,
+    DeliveryOutcome, DeliverySource, DeliveryState, DiscoveryState, GrantState, GrantType,
+    HookupOutcome, SigningAlgorithm, TenantStatus, UnknownState, WebhookState,
 };
 pub use tenant::ProvetId;
 pub use webhooks::{EventSelection, WebhookUrl};

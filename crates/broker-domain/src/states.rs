@@ -198,6 +198,48 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// Who did an admin action: an API key over HTTP, the command line, or a console session.
+    ActorKind("actor kind") {
+        ApiKey = "api_key",
+        Cli = "cli",
+        Console = "console",
+    }
+}
+
+state_enum! {
+    /// Every admin action the audit log records, named `<resource>.<verb>`.
+    AuditAction("audit action") {
+        TenantRegister = "tenant.register",
+        TenantRemove = "tenant.remove",
+        TenantVerify = "tenant.verify",
+        TenantDiscovery = "tenant.discovery",
+        DiscoveryRerun = "discovery.rerun",
+        GrantRevoke = "grant.revoke",
+        ConnectLink = "tenant.connect_link",
+        ApiKeyCreate = "api_key.create",
+        ApiKeyRevoke = "api_key.revoke",
+        WebhookCreate = "webhook.create",
+        WebhookDelete = "webhook.delete",
+        WebhookRetry = "webhook.retry",
+        ConsoleSignIn = "console.sign_in",
+        ConsoleSignOut = "console.sign_out",
+        Rekey = "keys.rekey",
+        Import = "data.import",
+        Export = "data.export",
+    }
+}
+
+state_enum! {
+    /// How an audited action ended: done, refused (bad input, unknown target, no right), or
+    /// failed (an error on our side or upstream).
+    AuditOutcome("audit outcome") {
+        Ok = "ok",
+        Refused = "refused",
+        Failed = "failed",
+    }
+}
+
 impl GrantType {
     /// Accepts both the RFC spelling and django-oauth-toolkit's (`authorization-code`).
     pub fn parse(s: &str) -> Option<Self> {
@@ -270,6 +312,9 @@ mod tests {
         round_trips(HookupOutcome::ALL);
         round_trips(DeliveryOutcome::ALL);
         round_trips(DeliverySource::ALL);
+        round_trips(ActorKind::ALL);
+        round_trips(AuditAction::ALL);
+        round_trips(AuditOutcome::ALL);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | OpenID Connect metadata and JWKS | `Discovery` | `discovery.rs` |
 //! | operators look at and manage tenants | `TenantAdmin` | `tenants.rs` |
 //! | API keys | `ApiKeys` | `api_keys.rs` |
+//! | the audit log of admin actions | `AuditLog` | `audit.rs` |
 //! | operators' console sessions | `Console` | `console.rs` |
 //! | the event feed services follow | `EventFeed` | `events.rs` |
 //! | webhooks: registration, fan-out, signed delivery | `WebhookAdmin`, `WebhookWorker` | `webhooks/` |
@@ -18,6 +19,7 @@
 //! `clock.rs` holds the one wall clock every use case reads time from.
 
 pub mod api_keys;
+pub mod audit;
 pub mod clock;
 pub mod connect;
 pub mod console;
@@ -31,12 +33,14 @@ pub mod tokens;
 pub mod webhooks;
 
 pub use api_keys::ApiKeys;
+pub use audit::AuditLog;
 pub use broker_store::ServiceTenantQuery;
 pub use broker_store::events::{EventCursor, EventRecord};
 pub use broker_store::{
     ApiKeyRecord, ClientRecord, DeliveryRecord, DiscoveryRecord, HookupOutcome, Readiness,
     RerunFilter, StoreError, TenantFilter, TenantRecord,
 };
+pub use broker_store::{AuditEntry, AuditQuery};
 pub use clock::{Clock, SystemClock};
 pub use connect::ConnectFlow;
 pub use console::Console;

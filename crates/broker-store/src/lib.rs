@@ -10,6 +10,7 @@
 //! - `grants.rs` (`store.grants()`): authorizations in flight and the grants they produce.
 //! - `discovery.rs` (`store.discovery()`): OpenID Connect metadata, its schedule and leases.
 //! - `api_keys.rs` (`store.api_keys()`): API keys (hashes only).
+//! - `audit.rs` (`store.audit()`): the audit log of admin actions.
 //! - `events.rs` (`store.events()`): the events outbox (`append` in the transaction of a
 //!   change; the feed's safe cursor); `hookup_events.rs` and `state_events.rs` say which
 //!   events a hookup and a state transition write.
@@ -25,6 +26,7 @@
 //! `entity/` (sea-orm entities), `records.rs` (the plain data repositories return).
 
 mod api_keys;
+pub mod audit;
 mod connect;
 mod console_queries;
 mod console_sessions;
@@ -51,6 +53,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DbBackend, DbErr};
 
 pub use api_keys::ApiKeys;
+pub use audit::{Audit, AuditEntry, AuditQuery};
 pub use console_queries::{
     Attention, AttentionItem, ConsoleQueries, FailingWebhook, FleetCount, Overview, RecentEvent,
 };
@@ -140,6 +143,7 @@ pub struct Store {
     grants: Grants,
     discovery: Discovery,
     api_keys: ApiKeys,
+    audit: Audit,
     settings: Settings,
     events: Events,
     webhooks: Webhooks,
@@ -189,6 +193,7 @@ impl Store {
             grants: Grants::new(db.clone(), keyring.clone()),
             discovery: Discovery::new(db.clone()),
             api_keys: ApiKeys::new(db.clone()),
+            audit: Audit::new(db.clone()),
             settings: Settings::new(db.clone(), keyring.clone()),
             events: Events { db: db.clone() },
             webhooks: Webhooks {
@@ -224,6 +229,11 @@ impl Store {
 
     pub fn api_keys(&self) -> &ApiKeys {
         &self.api_keys
+    }
+
+    /// The audit log of admin actions.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The events outbox, as the feed reads it.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use broker_api::UseCases;
 use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
-use broker_domain::{ApiKeyRole, ProvetId};
+use broker_domain::{ApiKeyRole, AuditAction, AuditOutcome, ProvetId};
 use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
 use broker_service::tenants::Rerun;
@@ -13,6 +13,7 @@ use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
+use crate::cli_audit;
 use crate::config::Settings;
 use crate::startup::{Application, open_store};
 
@@ -103,6 +104,14 @@ pub enum TenantsCommand {
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
+    /// The tenant removed the integration: disable it and wipe its secret, grants and tokens.
+    /// Asks for the provet_id to be typed again.
+    Remove {
+        provet_id: ProvetId,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl Cli {
@@ -137,11 +146,21 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 async fn rekey(settings: &Settings) -> anyhow::Result<()> {
     let store = open_store(settings).await?;
     store.migrate().await?;
-    let report = store
-        .settings()
-        .rekey()
-        .await
-        .context("re-sealing secrets")?;
+    let report = store.settings().rekey().await.context("re-sealing secrets");
+    let audit = broker_service::AuditLog::new(
+        store.clone(),
+        std::sync::Arc::new(broker_service::SystemClock),
+    );
+    let outcome = cli_audit::outcome(&report);
+    cli_audit::record(
+        &audit,
+        AuditAction::Rekey,
+        None,
+        Some(format!("key {}", store.keyring().current_id())),
+        outcome,
+    )
+    .await;
+    let report = report?;
     println!(
         "re-sealed {} secret(s) with key {}; {} already used it. The old key can now be removed from secrets.previous_keys.",
         report.resealed,
@@ -176,7 +195,21 @@ async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> 
                 .api_keys
                 .create(&name, role, tenants)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(|e| anyhow::anyhow!("{e}"));
+            let target = match &created {
+                Ok(c) => format!("api key {} ({})", c.record.id, c.record.name),
+                Err(_) => format!("name {name}"),
+            };
+            let outcome = cli_audit::outcome(&created);
+            cli_audit::record(
+                &use_cases.audit,
+                AuditAction::ApiKeyCreate,
+                None,
+                Some(target),
+                outcome,
+            )
+            .await;
+            let created = created?;
             eprintln!(
                 "created API key {} ({}, role {}); it is shown once, below:",
                 created.record.id, created.record.name, created.record.role
@@ -189,7 +222,21 @@ async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> 
             }
         }
         ApiKeyCommand::Revoke { id } => {
-            if !use_cases.api_keys.revoke(id).await? {
+            let revoked = use_cases.api_keys.revoke(id).await;
+            let outcome = match &revoked {
+                Ok(true) => AuditOutcome::Ok,
+                Ok(false) => AuditOutcome::Refused,
+                Err(_) => AuditOutcome::Failed,
+            };
+            cli_audit::record(
+                &use_cases.audit,
+                AuditAction::ApiKeyRevoke,
+                None,
+                Some(format!("api key {id}")),
+                outcome,
+            )
+            .await;
+            if !revoked? {
                 bail!("no live API key with id {id}");
             }
             eprintln!("revoked API key {id}");
@@ -209,8 +256,19 @@ async fn rerun_discovery(
         let record = use_cases
             .discovery
             .discover_now(id.get())
-            .await?
-            .with_context(|| format!("tenant {id} has no discovery URL"))?;
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.with_context(|| format!("tenant {id} has no discovery URL")));
+        let outcome = cli_audit::outcome(&record);
+        cli_audit::record(
+            &use_cases.audit,
+            AuditAction::TenantDiscovery,
+            Some(id.get()),
+            None,
+            outcome,
+        )
+        .await;
+        let record = record?;
         let failed = record.state == broker_domain::DiscoveryState::Failed;
         println!(
             "{}",
@@ -228,7 +286,26 @@ async fn rerun_discovery(
     } else {
         Rerun::Stale
     };
-    let scheduled = use_cases.tenant_admin.schedule_discovery(which).await?;
+    let scheduled = use_cases
+        .tenant_admin
+        .schedule_discovery(which)
+        .await
+        .map_err(anyhow::Error::from);
+    let outcome = cli_audit::outcome(&scheduled);
+    let filter = match which {
+        Rerun::All => "all",
+        Rerun::Failed => "failed",
+        Rerun::Stale => "stale",
+    };
+    cli_audit::record(
+        &use_cases.audit,
+        AuditAction::DiscoveryRerun,
+        None,
+        Some(format!("filter {filter}")),
+        outcome,
+    )
+    .await;
+    let scheduled = scheduled?;
     eprintln!("discovery: {scheduled} tenant(s) scheduled");
     let done = use_cases
         .discovery
@@ -270,7 +347,7 @@ async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()>
             }
         }
         TenantsCommand::Add { file } => {
-            crate::tenants_add::run(&use_cases.hookups, file.as_deref()).await?;
+            crate::tenants_add::run(&use_cases.hookups, &use_cases.audit, file.as_deref()).await?;
         }
         TenantsCommand::Show { provet_id } => {
             let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;
@@ -278,6 +355,9 @@ async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()>
                 "{}",
                 serde_json::to_string_pretty(&TenantView::from(tenant))?
             );
+        }
+        TenantsCommand::Remove { provet_id, yes } => {
+            crate::tenants_remove::run(&use_cases, provet_id, yes).await?;
         }
     }
     Ok(())

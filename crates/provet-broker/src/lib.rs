@@ -7,7 +7,9 @@
 //! without the server; `telemetry.rs` the one tracing set-up.
 
 pub mod cli;
+mod cli_audit;
 pub mod config;
 pub mod startup;
 pub mod telemetry;
 mod tenants_add;
+mod tenants_remove;

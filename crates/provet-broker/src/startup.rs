@@ -15,7 +15,7 @@ use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
 use broker_service::{
-    ApiKeys, Clock, ConnectFlow, Console, Discovery, HookupIntake, Metrics, Operations,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Console, Discovery, HookupIntake, Metrics, Operations,
     SystemClock, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use broker_store::{Keyring, MasterKey, Store, StoreOptions};
@@ -252,6 +252,7 @@ pub fn use_cases(
         settings.server.api_key_cache_ttl,
     ));
     Ok(UseCases {
+        audit: Arc::new(AuditLog::new(store.clone(), clock.clone())),
         console: Arc::new(Console::new(
             store.clone(),
             api_keys.clone(),

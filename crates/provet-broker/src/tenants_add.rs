@@ -5,16 +5,27 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use broker_domain::{DeliverySource, ParseError};
-use broker_service::HookupIntake;
+use broker_domain::{AuditAction, AuditOutcome, DeliverySource, ParseError};
 use broker_service::hookup::HookupError;
+use broker_service::{AuditLog, HookupIntake};
 
 /// The same limit as the hookup URL's.
 const MAX_MESSAGE: u64 = 64 * 1024;
 
-pub async fn run(hookups: &HookupIntake, file: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(
+    hookups: &HookupIntake,
+    audit: &AuditLog,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
     let body = read_message(file)?;
-    match hookups.register(&body, DeliverySource::Cli).await {
+    let registered = hookups.register(&body, DeliverySource::Cli).await;
+    let (provet_id, outcome) = match &registered {
+        Ok(receipt) => (Some(receipt.provet_id), AuditOutcome::Ok),
+        Err(HookupError::Invalid(_)) => (None, AuditOutcome::Refused),
+        Err(_) => (None, AuditOutcome::Failed),
+    };
+    crate::cli_audit::record(audit, AuditAction::TenantRegister, provet_id, None, outcome).await;
+    match registered {
         Ok(receipt) => {
             println!(
                 "{}",

@@ -1,7 +1,7 @@
 //! `/admin/...`: operators' view of tenants, hookup deliveries and API keys (admin keys).
 
 use actix_web::{HttpResponse, web};
-use broker_domain::{ApiKeyRole, ProvetId};
+use broker_domain::{ApiKeyRole, AuditAction, ProvetId};
 use broker_service::TenantFilter;
 use broker_service::tenants::Rerun;
 use secrecy::ExposeSecret;
@@ -188,7 +188,16 @@ pub async fn remove_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let tenant = state.tenant_admin().remove(id).await?;
+    let removed = state
+        .tenant_admin()
+        .remove(id)
+        .await
+        .map_err(ApiError::from);
+    let tenant = caller
+        .audit(AuditAction::TenantRemove)
+        .tenant(id)
+        .finish(&state, removed)
+        .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
 }
 
@@ -207,15 +216,30 @@ pub async fn create_api_key(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: CreateApiKey = crate::parse_json(&body.read().await?)?;
-    let role: ApiKeyRole = body
-        .role
-        .parse()
-        .map_err(|e: broker_domain::UnknownState| ApiError::invalid_field("role", e.to_string()))?;
-    let created = state
-        .api_keys()
-        .create(&body.name, role, body.tenants)
-        .await?;
+    let body = body.read().await?;
+    let mut name = None;
+    let created = async {
+        let body: CreateApiKey = crate::parse_json(&body)?;
+        name = Some(body.name.clone());
+        let role: ApiKeyRole = body
+            .role
+            .parse()
+            .map_err(|e: broker_domain::UnknownState| {
+                ApiError::invalid_field("role", e.to_string())
+            })?;
+        Ok(state
+            .api_keys()
+            .create(&body.name, role, body.tenants)
+            .await?)
+    }
+    .await;
+    let audit = caller.audit(AuditAction::ApiKeyCreate);
+    let audit = match (&created, name) {
+        (Ok(c), _) => audit.target(format!("api key {} ({})", c.record.id, c.record.name)),
+        (Err(_), Some(name)) => audit.target(format!("name {name}")),
+        (Err(_), None) => audit,
+    };
+    let created = audit.finish(&state, created).await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
         api_key: ApiKeyView::from(created.record),
         key: created.key.expose_secret().to_owned(),
@@ -259,11 +283,16 @@ pub async fn revoke_api_key(
     let id: i64 = path
         .parse()
         .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
-    if state.api_keys().revoke(id).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    let revoked = match state.api_keys().revoke(id).await {
+        Ok(true) => Ok(HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    };
+    caller
+        .audit(AuditAction::ApiKeyRevoke)
+        .target(format!("api key {id}"))
+        .finish(&state, revoked)
+        .await
 }
 
 /// Runs OpenID Connect discovery for the tenant now and answers its discovery state
@@ -283,7 +312,16 @@ pub async fn rerun_tenant_discovery(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let record = state.tenant_admin().rediscover(id).await?;
+    let rerun = state
+        .tenant_admin()
+        .rediscover(id)
+        .await
+        .map_err(ApiError::from);
+    let record = caller
+        .audit(AuditAction::TenantDiscovery)
+        .tenant(id)
+        .finish(&state, rerun)
+        .await?;
     Ok(HttpResponse::Ok().json(DiscoveryView::from_record(record)))
 }
 
@@ -302,18 +340,30 @@ pub async fn rerun_discovery(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: RerunRequest = crate::parse_json(&body.read().await?)?;
-    let which = match body.filter.as_str() {
-        "failed" => Rerun::Failed,
-        "stale" => Rerun::Stale,
-        "all" => Rerun::All,
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "filter must be `failed`, `stale` or `all`".into(),
-            ));
-        }
+    let body = body.read().await?;
+    let mut filter = None;
+    let scheduled = async {
+        let body: RerunRequest = crate::parse_json(&body)?;
+        let which = match body.filter.as_str() {
+            "failed" => Rerun::Failed,
+            "stale" => Rerun::Stale,
+            "all" => Rerun::All,
+            _ => {
+                return Err(ApiError::InvalidRequest(
+                    "filter must be `failed`, `stale` or `all`".into(),
+                ));
+            }
+        };
+        filter = Some(body.filter.clone());
+        Ok(state.tenant_admin().schedule_discovery(which).await?)
+    }
+    .await;
+    let audit = caller.audit(AuditAction::DiscoveryRerun);
+    let audit = match filter {
+        Some(f) => audit.target(format!("filter {f}")),
+        None => audit,
     };
-    let scheduled = state.tenant_admin().schedule_discovery(which).await?;
+    let scheduled = audit.finish(&state, scheduled).await?;
     Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
 }
 
@@ -334,7 +384,16 @@ pub async fn verify_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let tenant = state.tenant_admin().verify(id).await?;
+    let verified = state
+        .tenant_admin()
+        .verify(id)
+        .await
+        .map_err(ApiError::from);
+    let tenant = caller
+        .audit(AuditAction::TenantVerify)
+        .tenant(id)
+        .finish(&state, verified)
+        .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }
 
@@ -356,9 +415,15 @@ pub async fn revoke_grant(
     caller.require_admin()?;
     let (id, subject) = path.into_inner();
     let id = provet_id(&id)?;
-    if state.connect().revoke_grant(id, &subject).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    let revoked = match state.connect().revoke_grant(id, &subject).await {
+        Ok(true) => Ok(HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    };
+    caller
+        .audit(AuditAction::GrantRevoke)
+        .tenant(id)
+        .target(format!("grant {subject}"))
+        .finish(&state, revoked)
+        .await
 }

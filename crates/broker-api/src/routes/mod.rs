@@ -1,4 +1,5 @@
 pub mod admin;
+pub mod audit;
 pub mod feed;
 pub mod hookup;
 pub mod oauth;

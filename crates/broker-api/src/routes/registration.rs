@@ -2,7 +2,7 @@
 //! delivered by email. Body, validation, answers and storage exactly as the hookup's.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use broker_domain::DeliverySource;
+use broker_domain::{AuditAction, DeliverySource};
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -36,13 +36,22 @@ pub async fn register(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    if !is_json(&req) {
-        return Err(ApiError::UnsupportedMediaType);
+    let registered = async {
+        if !is_json(&req) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body = body.read().await?;
+        Ok(state
+            .hookups()
+            .register(&body, DeliverySource::Admin)
+            .await?)
     }
-    let body = body.read().await?;
-    let receipt = state
-        .hookups()
-        .register(&body, DeliverySource::Admin)
-        .await?;
+    .await;
+    let audit = caller.audit(AuditAction::TenantRegister);
+    let audit = match &registered {
+        Ok(r) => audit.tenant(r.provet_id),
+        Err(_) => audit,
+    };
+    let receipt = audit.finish(&state, registered).await?;
     Ok(HttpResponse::Ok().json(HookupReceiptView::from(receipt)))
 }

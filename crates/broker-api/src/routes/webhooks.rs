@@ -8,6 +8,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use broker_domain::AuditAction;
+
 use crate::AppState;
 use crate::auth::Caller;
 use crate::body::Body;
@@ -149,27 +151,38 @@ pub async fn create(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let body: CreateWebhook = crate::parse_json(&body.read().await?)?;
-    let created = state
-        .webhooks()
-        .create(
-            &body.url,
-            &body.events,
-            &body.description,
-            state.clock().now(),
-        )
-        .await
-        .map_err(|e| match e {
-            WebhookError::Invalid(errors) => ApiError::Invalid {
-                detail: errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                errors,
-            },
-            WebhookError::Store(e) => e.into(),
-        })?;
+    let body = body.read().await?;
+    let created = async {
+        let body: CreateWebhook = crate::parse_json(&body)?;
+        state
+            .webhooks()
+            .create(
+                &body.url,
+                &body.events,
+                &body.description,
+                state.clock().now(),
+            )
+            .await
+            .map_err(|e| match e {
+                WebhookError::Invalid(errors) => ApiError::Invalid {
+                    detail: errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    errors,
+                },
+                WebhookError::Store(e) => e.into(),
+            })
+    }
+    .await;
+    // The id only: a webhook URL may carry a receiver's token in its query.
+    let audit = caller.audit(AuditAction::WebhookCreate);
+    let audit = match &created {
+        Ok(c) => audit.target(format!("webhook {}", c.record.id)),
+        Err(_) => audit,
+    };
+    let created = audit.finish(&state, created).await?;
     Ok(HttpResponse::Created().json(CreatedWebhook {
         webhook: WebhookView::from(created.record),
         secret: created.secret.expose_secret().to_owned(),
@@ -207,11 +220,17 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    if state.webhooks().delete(webhook_id(&path)?).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    let id = webhook_id(&path)?;
+    let deleted = match state.webhooks().delete(id).await {
+        Ok(true) => Ok(HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    };
+    caller
+        .audit(AuditAction::WebhookDelete)
+        .target(format!("webhook {id}"))
+        .finish(&state, deleted)
+        .await
 }
 
 /// The webhook's deliveries, newest first: event, last attempt (time, status or error),
@@ -275,13 +294,17 @@ pub async fn retry(
     caller.require_admin()?;
     let (id, event) = path.into_inner();
     let (id, event) = (webhook_id(&id)?, event_id(&event)?);
-    match state
-        .webhooks()
-        .retry(id, event, state.clock().now())
-        .await?
-    {
-        ManualRetry::NotFound => Err(ApiError::NotFound),
-        ManualRetry::InFlight(d) => Ok(HttpResponse::Accepted().json(WebhookDeliveryView::from(d))),
-        ManualRetry::Attempted(d) => Ok(HttpResponse::Ok().json(WebhookDeliveryView::from(d))),
-    }
+    let retried = match state.webhooks().retry(id, event, state.clock().now()).await {
+        Ok(ManualRetry::NotFound) => Err(ApiError::NotFound),
+        Ok(ManualRetry::InFlight(d)) => {
+            Ok(HttpResponse::Accepted().json(WebhookDeliveryView::from(d)))
+        }
+        Ok(ManualRetry::Attempted(d)) => Ok(HttpResponse::Ok().json(WebhookDeliveryView::from(d))),
+        Err(e) => Err(e.into()),
+    };
+    caller
+        .audit(AuditAction::WebhookRetry)
+        .target(format!("webhook {id} event {event}"))
+        .finish(&state, retried)
+        .await
 }

@@ -1,6 +1,7 @@
 //! sea-orm entities, one per table; the schema itself lives in the `migrations` crate.
 
 pub mod api_key;
+pub mod audit_entry;
 pub mod authorization;
 pub mod client;
 pub mod console_session;

@@ -13,6 +13,7 @@ mod m20261201_095000_create_events;
 mod m20261201_100000_check_states;
 mod m20261201_300000_create_webhooks;
 mod m20261201_400000_create_audit_log;
+mod m20261201_500000_create_console_sessions;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_100000_check_states::Migration),
             Box::new(m20261201_300000_create_webhooks::Migration),
             Box::new(m20261201_400000_create_audit_log::Migration),
+            Box::new(m20261201_500000_create_console_sessions::Migration),
         ]
     }
 }

@@ -10,6 +10,7 @@ mod audit;
 mod cli_ops;
 mod config_errors;
 mod connect;
+mod console;
 mod discovery;
 mod discovery_faults;
 mod events;

@@ -25,8 +25,8 @@ use actix_web::{FromRequest, Handler, HttpResponse, Resource, Responder, Route, 
 use std::sync::Arc;
 
 use broker_service::{
-    ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, EventFeed, HookupIntake, Metrics, Operations,
-    TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Console, Discovery, EventFeed, HookupIntake, Metrics,
+    Operations, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 
 use crate::problem::ApiError;
@@ -45,6 +45,7 @@ pub struct UseCases {
     pub events: Arc<EventFeed>,
     pub webhooks: Arc<WebhookAdmin>,
     pub audit: Arc<AuditLog>,
+    pub console: Arc<Console>,
     /// Runs in the background (started by the binary); kept here so one value holds every
     /// use case.
     pub webhook_worker: Arc<WebhookWorker>,
@@ -121,6 +122,11 @@ impl AppState {
     /// `GET /admin/audit`, and every admin action's entry.
     pub fn audit(&self) -> &AuditLog {
         &self.use_cases.audit
+    }
+
+    /// The operators' console sessions (`/console`).
+    pub fn console(&self) -> &Console {
+        &self.use_cases.console
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -11,6 +11,7 @@
 //! | operators look at and manage tenants | `TenantAdmin` | `tenants.rs` |
 //! | API keys | `ApiKeys` | `api_keys.rs` |
 //! | the audit log of admin actions | `AuditLog` | `audit.rs` |
+//! | operators' console sessions | `Console` | `console.rs` |
 //! | the event feed services follow | `EventFeed` | `events.rs` |
 //! | webhooks: registration, fan-out, signed delivery | `WebhookAdmin`, `WebhookWorker` | `webhooks/` |
 //! | readiness and metrics | `Operations` (metrics in `metrics.rs`) | `operations.rs` |
@@ -21,6 +22,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod clock;
 pub mod connect;
+pub mod console;
 pub mod discovery;
 pub mod events;
 pub mod hookup;
@@ -41,6 +43,7 @@ pub use broker_store::{
 pub use broker_store::{AuditEntry, AuditQuery};
 pub use clock::{Clock, SystemClock};
 pub use connect::ConnectFlow;
+pub use console::Console;
 pub use discovery::Discovery;
 pub use events::EventFeed;
 pub use hookup::HookupIntake;

@@ -18,6 +18,8 @@
 //!   cursor, delivery rows and their claims.
 //! - `service_tenants.rs`: the tenant list services page through (`GET /v1/tenants`).
 //! - `fleet.rs` (`store.fleet()`): counts by state, for the gauges operators alert on.
+//! - `console_sessions.rs` (`store.console_sessions()`): operators' console sessions (token
+//!   hashes only); `console_queries.rs` (`store.console_queries()`): the console's overview.
 //! - `settings.rs` (`store.settings()`): sealed settings, the key ids in use, key rotation.
 //!
 //! Underneath: `db.rs` (the two pools and SQLite's writer queue), `connect.rs` (opening them),
@@ -27,6 +29,8 @@
 mod api_keys;
 pub mod audit;
 mod connect;
+mod console_queries;
+mod console_sessions;
 pub mod crypto;
 mod db;
 mod discovery;
@@ -53,6 +57,10 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, DbErr};
 
 pub use api_keys::ApiKeys;
 pub use audit::{Audit, AuditEntry, AuditQuery};
+pub use console_queries::{
+    Attention, AttentionItem, ConsoleQueries, FailingWebhook, FleetCount, Overview, RecentEvent,
+};
+pub use console_sessions::{ConsoleSessionRecord, ConsoleSessions};
 pub use crypto::{CryptoError, Keyring, MasterKey};
 pub use discovery::Discovery;
 pub use fleet::{Fleet, FleetCounts};
@@ -153,6 +161,8 @@ pub struct Store {
     settings: Settings,
     events: Events,
     webhooks: Webhooks,
+    console_sessions: ConsoleSessions,
+    console_queries: ConsoleQueries,
 }
 
 impl std::fmt::Debug for Store {
@@ -204,6 +214,8 @@ impl Store {
                 db: db.clone(),
                 keyring: keyring.clone(),
             },
+            console_sessions: ConsoleSessions::new(db.clone()),
+            console_queries: ConsoleQueries::new(db.clone()),
             db,
             keyring,
         })
@@ -273,6 +285,16 @@ impl Store {
     /// Webhook endpoints and their deliveries.
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
+    }
+
+    /// The console's sessions.
+    pub fn console_sessions(&self) -> &ConsoleSessions {
+        &self.console_sessions
+    }
+
+    /// The console's overview counts and attention lists.
+    pub fn console_queries(&self) -> &ConsoleQueries {
+        &self.console_queries
     }
 
     /// Sealed settings, the key ids in use, and key rotation.

@@ -28,6 +28,7 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub log: LogSettings,
     pub events: EventSettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,6 +460,33 @@ impl EventSettings {
             per_endpoint: self.webhook_per_endpoint.max(1),
             concurrency: self.webhook_concurrency.max(1),
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// `[console]`: the operators' web console.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// How long a console session lasts after sign-in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// The cookie is `Secure` when browsers reach the daemon over https.
+    pub fn to_service(&self, public_url: &str) -> broker_service::console::ConsoleSettings {
+        broker_service::console::ConsoleSettings {
+            session_ttl: self.session_ttl.max(Duration::from_secs(1)),
+            secure_cookie: public_url.trim().to_ascii_lowercase().starts_with("https:"),
         }
     }
 }

@@ -15,7 +15,7 @@ use broker_domain::{HostAllowlist, UrlPolicy};
 use broker_oauth::{Upstream, UpstreamConfig};
 use broker_service::hookup::{HookupIntakeParts, HookupSecrets, HookupWriter};
 use broker_service::{
-    ApiKeys, AuditLog, Clock, ConnectFlow, Discovery, HookupIntake, Metrics, Operations,
+    ApiKeys, AuditLog, Clock, ConnectFlow, Console, Discovery, HookupIntake, Metrics, Operations,
     SystemClock, TenantAdmin, TokenBroker, WebhookAdmin, WebhookWorker,
 };
 use broker_store::{Keyring, MasterKey, Store, StoreError, StoreOptions};
@@ -285,8 +285,19 @@ pub fn use_cases(
         )
         .map_err(anyhow::Error::msg)?,
     );
+    let api_keys = Arc::new(ApiKeys::new(
+        store.clone(),
+        clock.clone(),
+        settings.server.api_key_cache_ttl,
+    ));
     Ok(UseCases {
         audit: Arc::new(AuditLog::new(store.clone(), clock.clone())),
+        console: Arc::new(Console::new(
+            store.clone(),
+            api_keys.clone(),
+            clock.clone(),
+            settings.console.to_service(&settings.server.public_url),
+        )),
         webhooks: Arc::new(WebhookAdmin::new(store.clone(), webhook_worker.clone())),
         webhook_worker,
         hookups,
@@ -297,11 +308,7 @@ pub fn use_cases(
             discovery.clone(),
             clock.clone(),
         )),
-        api_keys: Arc::new(ApiKeys::new(
-            store.clone(),
-            clock.clone(),
-            settings.server.api_key_cache_ttl,
-        )),
+        api_keys,
         events: Arc::new(broker_service::EventFeed::new(
             store.events().clone(),
             settings.events.to_service(),
@@ -432,7 +439,8 @@ impl Surface {
 /// The internal surface: the service and admin APIs, and the operators' console beside them.
 fn internal_routes(cfg: &mut web::ServiceConfig) {
     broker_api::configure_internal(cfg);
-    // The console (`/console`) is mounted here, so that it is never on the public surface.
+    // The console is mounted here, so that it is never on the public surface.
+    broker_console::configure(cfg);
 }
 
 /// One listener for everything.

@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod audit_entry;
 pub mod authorization;
 pub mod client;
+pub mod console_session;
 pub mod department;
 pub mod discovery;
 pub mod event;

@@ -354,7 +354,7 @@ impl Daemon {
         let wants_internal = env
             .iter()
             .any(|(k, v)| k == "BROKER_SERVER__INTERNAL_BIND" && !v.is_empty());
-        let (mut public, mut internal) = (None, None);
+        let (mut public, mut internal): (Option<String>, Option<String>) = (None, None);
         let (address, internal) = loop {
             if let Some(address) = &public
                 && (internal.is_some() || !wants_internal)

@@ -278,6 +278,21 @@ impl Events {
     }
 }
 
+/// A transaction that reads before it writes an event: on SQLite it takes the write lock at
+/// once (`BEGIN IMMEDIATE`), since a read transaction that later writes fails with
+/// SQLITE_BUSY, without waiting, when another connection committed in between.
+pub(crate) async fn begin_immediate(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,19 +313,4 @@ mod tests {
             assert_eq!(EventCursor::decode(bad), None, "{bad}");
         }
     }
-}
-
-/// A transaction that reads before it writes an event: on SQLite it takes the write lock at
-/// once (`BEGIN IMMEDIATE`), since a read transaction that later writes fails with
-/// SQLITE_BUSY, without waiting, when another connection committed in between.
-pub(crate) async fn begin_immediate(
-    db: &sea_orm::DatabaseConnection,
-) -> Result<sea_orm::DatabaseTransaction> {
-    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?)
 }

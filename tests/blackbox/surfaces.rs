@@ -1,5 +1,5 @@
 //! The two surfaces: with `server.internal_bind` set, the internal routes (`/v1`, `/admin`,
-//! `/metrics`, `/openapi.json`) answer only there and the public listener answers them `404`
+//! `/console`, `/metrics`, `/openapi.json`) answer only there and the public listener answers them `404`
 //! like any unknown path, while the hookup, the callback and health stay public; unset, one
 //! listener serves all. And undeclared methods on a known path: `405` with `Allow`.
 
@@ -41,7 +41,7 @@ async fn call(daemon: &Daemon, base: &str, method: Method, path: &str, key: &str
 
 /// The internal routes a service or an operator calls (each with a method it answers).
 /// Served means any answer but the unknown path's (`code` `not_found`) and no 5xx.
-const INTERNAL: [(Method, &str); 11] = [
+const INTERNAL: [(Method, &str); 13] = [
     (Method::GET, "/v1/tenants"),
     (Method::GET, "/v1/tenants/60"),
     // Unregistered: a token for it would call no provider.
@@ -54,6 +54,9 @@ const INTERNAL: [(Method, &str); 11] = [
     (Method::GET, "/admin/webhooks"),
     (Method::GET, "/metrics"),
     (Method::GET, "/openapi.json"),
+    // The operators' console: its sign-in page, or a redirect to it.
+    (Method::GET, "/console"),
+    (Method::GET, "/console/assets/console.css"),
 ];
 
 async fn internal_routes_answer_only_on_the_internal_listener(backend: Backend) {

@@ -346,8 +346,31 @@ pub struct CreateApiKey {
     #[schema(value_type = ApiKeyRole)]
     pub role: String,
     /// Limit the key to these tenants; absent or null for all.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integers")]
+    #[schema(value_type = Option<Vec<i64>>)]
     pub tenants: Option<Vec<i64>>,
+}
+
+/// A list of integers as JSON Schema counts them: `7` and `7.0` alike (a fraction is refused).
+fn integers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<i64>>, D::Error> {
+    let numbers: Option<Vec<serde_json::Number>> = Deserialize::deserialize(d)?;
+    numbers
+        .map(|list| {
+            list.iter()
+                .map(|n| {
+                    n.as_i64()
+                        .or_else(|| {
+                            n.as_f64()
+                                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                                .map(|f| f as i64)
+                        })
+                        .ok_or_else(|| {
+                            serde::de::Error::custom(format!("tenants: {n} is not an integer"))
+                        })
+                })
+                .collect()
+        })
+        .transpose()
 }
 
 /// What an internal service may know about a tenant.

@@ -30,7 +30,6 @@ macro_rules! state_enum {
         #[serde(rename_all = "snake_case")]
         #[cfg_attr(feature = "sea-orm", derive(sea_orm::DeriveActiveEnum, sea_orm::EnumIter))]
         #[cfg_attr(feature = "sea-orm", sea_orm(rs_type = "String", db_type = "Text"))]
-        #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
         pub enum $name {
             $(
                 $(#[$vmeta])*
@@ -51,6 +50,22 @@ macro_rules! state_enum {
                 }
             }
         }
+
+        // By hand, not derived: the derive does not see a variant's `serde(rename)` when the
+        // spelling comes in through this macro, and would document `hs256` for `HS256`.
+        #[cfg(feature = "utoipa")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(concat!("A ", $what, ".")))
+                    .enum_values(Some([$($value),+]))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "utoipa")]
+        impl utoipa::ToSchema for $name {}
 
         impl FromStr for $name {
             type Err = UnknownState;

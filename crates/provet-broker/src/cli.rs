@@ -229,10 +229,9 @@ pub fn print_completions(shell: clap_complete::Shell) {
 async fn print_hookup_url(settings: &Settings) -> anyhow::Result<()> {
     let public_url = url::Url::parse(&settings.server.public_url)
         .context("server.public_url must be an absolute URL")?;
+    // Read-only: never creates the database, migrates or generates a master key.
     let store = if settings.hookup.secret.expose_secret().is_empty() {
-        let store = open_store(settings).await?;
-        store.migrate().await?;
-        Some(store)
+        Some(crate::startup::open_existing_store(settings).await?)
     } else {
         None
     };

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::openapi::BadRequest;
 use crate::problem::ApiError;
 
 const DEFAULT_PAGE: u64 = 50;
@@ -19,13 +20,36 @@ const MAX_PAGE: u64 = broker_service::audit::MAX_PAGE;
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Entries older than this id (from `next_before`).
+    #[serde(default, deserialize_with = "integer")]
+    #[param(value_type = Option<i64>)]
     before: Option<i64>,
     /// Page size, 1 to 500 (default 50).
-    limit: Option<u64>,
+    #[serde(default, deserialize_with = "integer")]
+    #[param(minimum = 1, maximum = 500, value_type = Option<i64>)]
+    limit: Option<i64>,
     /// Only this action, e.g. `tenant.remove`.
-    action: Option<String>,
+    action: Option<AuditAction>,
     /// Only entries about this tenant.
+    #[serde(default, deserialize_with = "integer")]
+    #[param(value_type = Option<i64>)]
     provet_id: Option<i64>,
+}
+
+/// An integer query value as JSON Schema counts integers: `7` and `7.0` alike.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(raw) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    raw.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            raw.parse::<f64>()
+                .ok()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("`{raw}` is not an integer")))
 }
 
 /// Who did an action.
@@ -80,7 +104,7 @@ pub struct AuditPage {
     tag = "admin",
     params(AuditParams),
     security(("api_key" = [])),
-    responses((status = 200, body = AuditPage), (status = 400, body = crate::problem::Problem))
+    responses((status = 200, body = AuditPage), (status = 400, response = BadRequest))
 )]
 pub async fn list(
     state: web::Data<AppState>,
@@ -91,25 +115,19 @@ pub async fn list(
     let q = query.into_inner();
     let limit = match q.limit {
         None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(n) if (1..=MAX_PAGE as i64).contains(&n) => n as u64,
         Some(_) => {
             return Err(ApiError::InvalidRequest(format!(
                 "limit must be from 1 to {MAX_PAGE}"
             )));
         }
     };
-    let action = q
-        .action
-        .as_deref()
-        .map(str::parse::<AuditAction>)
-        .transpose()
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let entries = state
         .audit()
         .list(AuditQuery {
             before: q.before,
             limit,
-            action,
+            action: q.action,
             provet_id: q.provet_id,
         })
         .await?;

@@ -151,10 +151,17 @@ fn webhook_id(raw: &str) -> Result<i64, ApiError> {
 }
 
 /// `evt_` and 16 hex digits, as in the envelope.
+/// An event's id as the feed spells it (`evt_` and 16 hex digits), or its plain number.
 fn event_id(raw: &str) -> Result<i64, ApiError> {
-    raw.strip_prefix("evt_")
-        .filter(|h| h.len() == 16)
-        .and_then(|h| i64::from_str_radix(h, 16).ok())
+    let parsed = match raw.strip_prefix("evt_") {
+        Some(hex) => (hex.len() == 16)
+            .then(|| i64::from_str_radix(hex, 16).ok())
+            .flatten(),
+        None => (raw.len() <= 18 && raw.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| raw.parse().ok())
+            .flatten(),
+    };
+    parsed
         .ok_or_else(|| ApiError::InvalidRequest("event_id must be an event's id (evt_...)".into()))
 }
 
@@ -309,7 +316,7 @@ pub async fn deliveries(
     path = "/admin/webhooks/{id}/deliveries/{event_id}/retry",
     tag = "admin",
     operation_id = "retry_webhook_delivery",
-    params(("id" = i64, Path, description = "The webhook's id"), ("event_id" = String, Path, pattern = "^evt_[0-7][0-9a-f]{15}$", description = "The event's id")),
+    params(("id" = i64, Path, description = "The webhook's id"), ("event_id" = String, Path, pattern = "^(evt_[0-7][0-9a-f]{15}|[0-9]{1,18})$", description = "The event's id (`evt_...`, or its number)")),
     security(("api_key" = [])),
     responses((status = 200, description = "Attempted", body = WebhookDeliveryView), (status = 202, description = "An attempt was already in flight", body = WebhookDeliveryView), (status = 400, response = BadRequest), (status = 404, response = NotFound))
 )]

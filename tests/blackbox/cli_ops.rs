@@ -29,7 +29,13 @@ async fn the_generated_hookup_url_is_logged_once_then_only_its_fingerprint(backe
     let mut config = DaemonConfig::new();
     config.hookup_secret = None;
 
-    // Before the first start there is no secret, and asking for it does not make one.
+    // Before the first start there is no secret, and asking for it does not make one: on a
+    // database not made yet it says to migrate (it only reads), then that none is stored.
+    let (ok, _, stderr) = run_cli(&config.env(&db), db.dir.path(), &["hookup-url"]);
+    assert!(!ok);
+    assert!(stderr.contains("provet-broker migrate"), "{stderr}");
+    let (ok, _, stderr) = run_cli(&config.env(&db), db.dir.path(), &["migrate"]);
+    assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = run_cli(&config.env(&db), db.dir.path(), &["hookup-url"]);
     assert!(!ok, "hookup-url must fail without a secret: {stdout}");
     assert!(

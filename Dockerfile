@@ -29,7 +29,7 @@ RUN cargo chef cook --release --locked -p provet-broker --recipe-path recipe.jso
 COPY . .
 # .git is not in the build context: the commit for broker_build_info comes in as an argument.
 ARG GIT_COMMIT=""
-RUN BROKER_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked -p provet-broker \
+RUN PROVET_BROKER_GIT_COMMIT="${GIT_COMMIT}" cargo build --release --locked -p provet-broker \
     && install -m 0755 target/release/provet-broker /usr/local/bin/provet-broker
 
 # ---- runtime --------------------------------------------------------------------------------

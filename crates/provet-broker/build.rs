@@ -1,7 +1,9 @@
-//! Records the git commit the binary is built from as `BROKER_GIT_COMMIT` (for the
+//! Records the git commit the binary is built from as `PROVET_BROKER_GIT_COMMIT` (for the
 //! `broker_build_info` metric). It lives in the binary's crate so that a new commit rebuilds
-//! only the binary, not the crates below it. A `BROKER_GIT_COMMIT` set for the build wins (an
-//! image built from a context without `.git`); outside a checkout the metric says `unknown`.
+//! only the binary, not the crates below it. Not `BROKER_...`: cargo also sets this variable
+//! for `cargo run` and `cargo test`, and the configuration refuses unknown `BROKER_*` keys.
+//! A `PROVET_BROKER_GIT_COMMIT` set for the build wins (an image built from a context without
+//! `.git`); outside a checkout the metric says `unknown`.
 
 use std::process::Command;
 
@@ -12,8 +14,8 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=BROKER_GIT_COMMIT");
-    let commit = std::env::var("BROKER_GIT_COMMIT")
+    println!("cargo:rerun-if-env-changed=PROVET_BROKER_GIT_COMMIT");
+    let commit = std::env::var("PROVET_BROKER_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
@@ -24,7 +26,7 @@ fn main() {
             .filter(char::is_ascii_hexdigit)
             .take(40)
             .collect();
-        println!("cargo:rustc-env=BROKER_GIT_COMMIT={commit}");
+        println!("cargo:rustc-env=PROVET_BROKER_GIT_COMMIT={commit}");
     }
     // Build again when HEAD moves: HEAD itself, and the branch it points at (worktrees keep
     // HEAD in their own git folder and branches in the common one).

@@ -236,7 +236,7 @@ pub fn use_cases(
     let metrics = Arc::new(Metrics::new());
     metrics.set_build_info(
         env!("CARGO_PKG_VERSION"),
-        option_env!("BROKER_GIT_COMMIT").unwrap_or("unknown"),
+        option_env!("PROVET_BROKER_GIT_COMMIT").unwrap_or("unknown"),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tokens = Arc::new(TokenBroker::new(

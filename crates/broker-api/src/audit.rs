@@ -59,3 +59,15 @@ fn outcome<T>(result: &Result<T, ApiError>) -> AuditOutcome {
         Err(_) => AuditOutcome::Failed,
     }
 }
+
+/// The answer of a delete or revoke that reports whether its target existed: `204`, or
+/// `404` when there was nothing to act on.
+pub fn no_content_if_found<E: Into<ApiError>>(
+    done: Result<bool, E>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    match done {
+        Ok(true) => Ok(actix_web::HttpResponse::NoContent().finish()),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}

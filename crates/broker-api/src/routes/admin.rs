@@ -302,11 +302,7 @@ pub async fn revoke_api_key(
     let id: i64 = path
         .parse()
         .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
-    let revoked = match state.api_keys().revoke(id).await {
-        Ok(true) => Ok(HttpResponse::NoContent().finish()),
-        Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
-    };
+    let revoked = crate::audit::no_content_if_found(state.api_keys().revoke(id).await);
     caller
         .audit(AuditAction::ApiKeyRevoke)
         .target(format!("api key {id}"))
@@ -434,11 +430,8 @@ pub async fn revoke_grant(
     caller.require_admin()?;
     let (id, subject) = path.into_inner();
     let id = provet_id(&id)?;
-    let revoked = match state.connect().revoke_grant(id, &subject).await {
-        Ok(true) => Ok(HttpResponse::NoContent().finish()),
-        Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
-    };
+    let revoked =
+        crate::audit::no_content_if_found(state.connect().revoke_grant(id, &subject).await);
     caller
         .audit(AuditAction::GrantRevoke)
         .tenant(id)

@@ -253,11 +253,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = webhook_id(&path)?;
-    let deleted = match state.webhooks().delete(id).await {
-        Ok(true) => Ok(HttpResponse::NoContent().finish()),
-        Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
-    };
+    let deleted = crate::audit::no_content_if_found(state.webhooks().delete(id).await);
     caller
         .audit(AuditAction::WebhookDelete)
         .target(format!("webhook {id}"))

@@ -1,12 +1,13 @@
 //! A release build of provet-broker run as a child process: configured by environment
 //! variables only, in a temporary folder (so no `config/default.toml` is read), on a fresh
-//! SQLite or PostgreSQL database; its port read from the JSON `listening` log line; stopped
+//! SQLite or PostgreSQL database; its port read from the `listening` log line; stopped
 //! with SIGTERM.
 //!
 //! The daemon runs at its default configuration, as a user runs it (`info` logs, metrics,
 //! API keys, the credential check on hookup, the discovery worker), except for what a
 //! benchmark cannot do without: a loopback port, its own database, a master key and hookup
-//! secret given (so none is generated), and JSON logs (so the harness can read them).
+//! secret given (so none is generated). Logs stay in the default text format (a benchmark
+//! that needs JSON fields asks for `BROKER_LOG__FORMAT=json` itself).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -284,7 +285,6 @@ impl DaemonEnv {
             .env("BROKER_DATABASE__URL", &self.database.url)
             .env("BROKER_SECRETS__MASTER_KEY", &self.master_key)
             .env("BROKER_HOOKUP__SECRET", &self.hookup_secret)
-            .env("BROKER_LOG__FORMAT", "json")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -447,7 +447,33 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Reads the daemon's JSON log: hands over the `listening` address (and when it was read),
+/// A line of the default text format: `TIME LEVEL [spans:]target: message key=value ...`.
+fn read_text_line(
+    line: &str,
+    read_at: Instant,
+    listening: &mut Option<oneshot::Sender<(String, Instant)>>,
+    log: &mut DaemonLog,
+) {
+    let level = line.split_whitespace().nth(1).unwrap_or_default();
+    if line.contains(": listening ") {
+        let address = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="));
+        if let (Some(address), Some(tx)) = (address, listening.take()) {
+            let _ = tx.send((address.to_owned(), read_at));
+        }
+    }
+    match level {
+        "WARN" => log.warnings += 1,
+        "ERROR" => log.errors += 1,
+        "INFO" | "DEBUG" | "TRACE" => return,
+        // Not a log line (a panic message, say): worth a look.
+        _ => log.warnings += 1,
+    }
+    keep_sample(&mut log.samples, line);
+}
+
+/// Reads the daemon's log (text, or JSON when asked for): hands over the `listening` address (and when it was read),
 /// counts warnings and errors, keeps a few, and notes when each tenant's discovery result
 /// was stored. Draining stderr also keeps the daemon from blocking on it.
 async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<(String, Instant)>) -> DaemonLog {
@@ -461,6 +487,10 @@ async fn read_log(stderr: ChildStderr, listening: oneshot::Sender<(String, Insta
             log.tail.remove(0);
         }
         log.tail.push(line.clone());
+        if !line.starts_with('{') {
+            read_text_line(&line, read_at, &mut listening, &mut log);
+            continue;
+        }
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             log.warnings += 1;
             keep_sample(&mut log.samples, &line);

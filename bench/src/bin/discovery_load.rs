@@ -369,6 +369,8 @@ async fn run_with_database(
     let server = DiscoveryServer::start(latency, args.tenants)?;
     let result = async {
         let mut env = DaemonEnv::with_local_provider(binary, backend).await?;
+        // The harness reads each tenant's `discovery ok` time from the JSON log.
+        env.set("BROKER_LOG__FORMAT", "json");
         register(args, &mut env, &server.provider.base, &tag).await?;
         let states = discovery_states(&env.database).await?;
         if states.get("pending") != Some(&args.tenants) {

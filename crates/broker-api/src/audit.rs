@@ -20,7 +20,7 @@ impl Caller {
     /// Starts the audit entry of an admin action by this caller's key.
     pub fn audit(&self, action: AuditAction) -> PendingAudit {
         PendingAudit {
-            record: AuditRecord::new(Actor::api_key(&self.0.name), action, AuditOutcome::Ok),
+            record: AuditRecord::new(Actor::api_key(&*self.0.name), action, AuditOutcome::Ok),
         }
     }
 }

@@ -73,17 +73,13 @@ impl FromRequest for Caller {
             let Some(key) = key else {
                 return failed("send an API key as `Authorization: Bearer <key>`");
             };
-            let named = |name: &str| {
-                tracing::Span::current().record("api_key", name);
-                req.extensions_mut().insert(KeyName(name.into()));
-            };
             match state.api_keys().authenticate(&key).await? {
                 Some(Authenticated::Valid(principal)) => {
-                    named(&principal.name);
+                    req.extensions_mut().insert(KeyName(principal.name.clone()));
                     Ok(Caller(principal))
                 }
                 Some(Authenticated::Unusable { name, defect }) => {
-                    named(&name);
+                    req.extensions_mut().insert(KeyName(name.as_str().into()));
                     Err(ApiError::Forbidden(format!(
                         "API key `{name}` cannot be used: {}",
                         defect.reason()

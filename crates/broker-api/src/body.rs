@@ -9,7 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -22,6 +22,9 @@ use futures_util::{Stream, StreamExt};
 
 use crate::AppState;
 use crate::problem::ApiError;
+
+/// The body timeout when the application state is missing (never, outside tests).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request body accepted on any route.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -36,17 +39,18 @@ pub async fn bound_request_body(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<HeldPayload>, Error> {
-    let timeout = req
-        .app_data::<web::Data<AppState>>()
-        .map_or(Duration::from_secs(10), |s| s.body_timeout());
     let held = match req.take_payload() {
         Payload::None => None,
         payload => {
+            let deadline = req
+                .app_data::<web::Data<AppState>>()
+                .map(|s| s.clock().instant() + s.body_timeout());
             let shared = Rc::new(RefCell::new(payload));
             req.set_payload(Payload::Stream {
                 payload: Box::pin(Deadline {
                     payload: shared.clone(),
-                    deadline: Box::pin(tokio::time::sleep(timeout)),
+                    deadline,
+                    timer: None,
                     expired: false,
                 }),
             });
@@ -63,7 +67,11 @@ pub async fn bound_request_body(
 /// The payload as handlers see it: ends with a `TimedOut` error at the deadline.
 struct Deadline {
     payload: SharedPayload,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the whole body must be in (the request head's arrival plus the body timeout).
+    deadline: Option<Instant>,
+    /// Armed only once the body has to be waited for: most bodies arrive with their head,
+    /// and a timer per request would cost the hot path a timer registration.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     expired: bool,
 }
 
@@ -79,8 +87,19 @@ impl Stream for Deadline {
             Ok(mut payload) => Pin::new(&mut *payload).poll_next(cx),
             Err(_) => Poll::Ready(None),
         };
+        if polled.is_pending() && this.timer.is_none() {
+            this.timer = Some(Box::pin(match this.deadline {
+                Some(at) => tokio::time::sleep_until(at.into()),
+                None => tokio::time::sleep(DEFAULT_TIMEOUT),
+            }));
+        }
+        let timed_out = polled.is_pending()
+            && this
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
         match polled {
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+            Poll::Pending if timed_out => {
                 this.expired = true;
                 Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -155,8 +155,8 @@ impl AppState {
 /// also wrap `observe` and use `not_found` as its default service (see `provet-broker`'s
 /// startup).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    configure_public(cfg);
     configure_internal(cfg);
+    configure_public(cfg);
 }
 
 /// The public surface, what must face the internet: Provet's hookup, the connect flow's
@@ -165,6 +165,7 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
     use routes::{hookup, oauth, ops};
     cfg.service(
         web::resource("/hookup/{hookup_secret}")
+            .app_data(request::RoutePattern("/hookup/{hookup_secret}"))
             .route(web::post().to(hookup::receive))
             // Any other method is as unknown as a wrong secret.
             .default_service(web::to(not_found)),
@@ -183,84 +184,85 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
 pub fn configure_internal(cfg: &mut web::ServiceConfig) {
     use Method as M;
     use routes::{admin, feed, oauth, ops, registration, service, webhooks};
-    cfg.service(resource("/metrics", [on(M::GET, ops::metrics)]))
-        .service(resource("/openapi.json", [on(M::GET, ops::openapi)]))
-        .service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
-        .service(resource(
-            "/v1/tenants/{provet_id}",
-            [on(M::GET, service::get_tenant)],
-        ))
-        .service(resource(
-            "/v1/tenants/{provet_id}/token",
-            [on(M::POST, service::token)],
-        ))
-        .service(resource(
-            "/v1/tenants/{provet_id}/authorizations",
-            [on(M::POST, oauth::start)],
-        ))
-        .service(resource("/v1/events", [on(M::GET, feed::events)]))
-        .service(resource(
-            "/admin/tenants",
-            [
-                on(M::GET, admin::list_tenants),
-                on(M::POST, registration::register),
-            ],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}",
-            [
-                on(M::GET, admin::get_tenant),
-                on(M::DELETE, admin::remove_tenant),
-            ],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/grants/{subject}",
-            [on(M::DELETE, admin::revoke_grant)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/verify",
-            [on(M::POST, admin::verify_tenant)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/events",
-            [on(M::GET, admin::tenant_events)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/discovery",
-            [on(M::POST, admin::rerun_tenant_discovery)],
-        ))
-        .service(resource(
-            "/admin/discovery/rerun",
-            [on(M::POST, admin::rerun_discovery)],
-        ))
-        .service(resource(
-            "/admin/webhooks",
-            [on(M::POST, webhooks::create), on(M::GET, webhooks::list)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}",
-            [on(M::DELETE, webhooks::delete)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}/deliveries",
-            [on(M::GET, webhooks::deliveries)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}/deliveries/{event_id}/retry",
-            [on(M::POST, webhooks::retry)],
-        ))
-        .service(resource(
-            "/admin/api-keys",
-            [
-                on(M::POST, admin::create_api_key),
-                on(M::GET, admin::list_api_keys),
-            ],
-        ))
-        .service(resource(
-            "/admin/api-keys/{id}",
-            [on(M::DELETE, admin::revoke_api_key)],
-        ))
-        .service(resource("/admin/audit", [on(M::GET, routes::audit::list)]));
+    // The router tries resources in order: the hot path first.
+    cfg.service(resource(
+        "/v1/tenants/{provet_id}/token",
+        [on(M::POST, service::token)],
+    ))
+    .service(resource("/metrics", [on(M::GET, ops::metrics)]))
+    .service(resource("/openapi.json", [on(M::GET, ops::openapi)]))
+    .service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
+    .service(resource(
+        "/v1/tenants/{provet_id}",
+        [on(M::GET, service::get_tenant)],
+    ))
+    .service(resource(
+        "/v1/tenants/{provet_id}/authorizations",
+        [on(M::POST, oauth::start)],
+    ))
+    .service(resource("/v1/events", [on(M::GET, feed::events)]))
+    .service(resource(
+        "/admin/tenants",
+        [
+            on(M::GET, admin::list_tenants),
+            on(M::POST, registration::register),
+        ],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}",
+        [
+            on(M::GET, admin::get_tenant),
+            on(M::DELETE, admin::remove_tenant),
+        ],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/grants/{subject}",
+        [on(M::DELETE, admin::revoke_grant)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/verify",
+        [on(M::POST, admin::verify_tenant)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/events",
+        [on(M::GET, admin::tenant_events)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/discovery",
+        [on(M::POST, admin::rerun_tenant_discovery)],
+    ))
+    .service(resource(
+        "/admin/discovery/rerun",
+        [on(M::POST, admin::rerun_discovery)],
+    ))
+    .service(resource(
+        "/admin/webhooks",
+        [on(M::POST, webhooks::create), on(M::GET, webhooks::list)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}",
+        [on(M::DELETE, webhooks::delete)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}/deliveries",
+        [on(M::GET, webhooks::deliveries)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+        [on(M::POST, webhooks::retry)],
+    ))
+    .service(resource(
+        "/admin/api-keys",
+        [
+            on(M::POST, admin::create_api_key),
+            on(M::GET, admin::list_api_keys),
+        ],
+    ))
+    .service(resource(
+        "/admin/api-keys/{id}",
+        [on(M::DELETE, admin::revoke_api_key)],
+    ))
+    .service(resource("/admin/audit", [on(M::GET, routes::audit::list)]));
 }
 
 /// One method of a path, for [`resource`].
@@ -275,8 +277,11 @@ where
 
 /// A path and every method it answers; any other method answers `405` with an `Allow`
 /// header naming them (not `404`: the path exists).
-pub fn resource(path: &str, methods: impl IntoIterator<Item = (Method, Route)>) -> Resource {
-    let mut resource = web::resource(path);
+pub fn resource(
+    path: &'static str,
+    methods: impl IntoIterator<Item = (Method, Route)>,
+) -> Resource {
+    let mut resource = web::resource(path).app_data(request::RoutePattern(path));
     let mut allow = Vec::new();
     for (method, route) in methods {
         allow.push(method.as_str().to_owned());

@@ -7,6 +7,7 @@
 //! needs one; the access line, the response header and the problem bodies' `request_id` would
 //! still be ours. This middleware does all of it with one span of two fields.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,11 @@ pub fn current_request_id() -> Option<String> {
         .flatten()
 }
 
+/// A resource's path pattern, attached to it as app data by [`crate::resource`], so that the
+/// middleware labels metrics and the access line without looking the pattern up again.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutePattern(pub &'static str);
+
 /// The name of the API key that authenticated the request, for the access line (set by the
 /// `Caller` extractor).
 #[derive(Clone, Debug)]
@@ -78,11 +84,9 @@ pub async fn observe(
         .filter(|v| is_sane_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(generated_id);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id.to_str().unwrap_or_default(),
-        api_key = tracing::field::Empty,
-    );
+    // One field: the access line carries the rest (recording more into the span costs a
+    // formatting pass per field on the hot path).
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
     let called = REQUEST_ID
         .scope(id.clone(), next.call(req))
         .instrument(span.clone())
@@ -115,8 +119,12 @@ pub async fn observe(
     if let (Some(state), Some(started)) = (state, started) {
         let latency = state.clock().since(started);
         let request = response.request();
-        let route = request.match_pattern();
-        let route = route.as_deref().unwrap_or("unmatched");
+        let route: Cow<'static, str> = match request.app_data::<RoutePattern>() {
+            Some(pattern) => Cow::Borrowed(pattern.0),
+            None => request
+                .match_pattern()
+                .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
+        };
         let api_key = request.extensions().get::<KeyName>().map(|k| k.0.clone());
         let provet_id = request
             .match_info()
@@ -128,14 +136,14 @@ pub async fn observe(
             .http_duration
             .get_or_create(&RouteLabels {
                 method: label,
-                route: route.to_owned(),
+                route: route.clone(),
             })
             .observe(latency.as_secs_f64());
         metrics
             .http_requests
             .get_or_create(&HttpLabels {
                 method: label,
-                route: route.to_owned(),
+                route: route.clone(),
                 status: status.as_u16(),
             })
             .inc();
@@ -144,7 +152,7 @@ pub async fn observe(
             &span,
             AccessLine {
                 method,
-                route,
+                route: &route,
                 status,
                 latency,
                 api_key: api_key.as_deref(),

@@ -26,7 +26,8 @@ pub struct NewApiKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub key_id: i64,
-    pub name: String,
+    /// Shared: every request a key makes carries its name (access line, metrics).
+    pub name: Arc<str>,
     pub role: ApiKeyRole,
     /// `None`: every tenant.
     pub tenants: Option<Vec<i64>>,
@@ -91,7 +92,7 @@ pub struct ApiKeys {
     clock: Arc<dyn Clock>,
     /// Recently checked keys, so that the token hot path does not read the database. A
     /// revoke on this replica takes effect at once; on other replicas within `cache_ttl`.
-    cache: moka::future::Cache<String, Option<Authenticated>>,
+    cache: moka::future::Cache<[u8; 32], Option<Authenticated>>,
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -186,14 +187,14 @@ impl ApiKeys {
         if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
             return Ok(None);
         }
-        let hash = hash_key(key);
-        if let Some(known) = self.cache.get(&hash).await {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if let Some(known) = self.cache.get(&digest).await {
             return Ok(known);
         }
         let found = self
             .store
             .api_keys()
-            .api_key_by_hash(&hash)
+            .api_key_by_hash(&hex::encode(digest))
             .await?
             .map(
                 |record| match key_defect(record.role, record.tenants.as_deref()) {
@@ -204,12 +205,12 @@ impl ApiKeys {
                     None => Authenticated::Valid(Principal {
                         key_id: record.id,
                         role: record.role,
-                        name: record.name,
+                        name: record.name.into(),
                         tenants: record.tenants,
                     }),
                 },
             );
-        self.cache.insert(hash, found.clone()).await;
+        self.cache.insert(digest, found.clone()).await;
         Ok(found)
     }
 }

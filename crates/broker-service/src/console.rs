@@ -124,7 +124,7 @@ impl Console {
             Some(Authenticated::Valid(p)) => p,
         };
         if principal.role != ApiKeyRole::Admin || principal.tenants.is_some() {
-            return Err(SignInError::NotAdmin(principal.name));
+            return Err(SignInError::NotAdmin(principal.name.to_string()));
         }
         let now = self.clock.now();
         // Expired sessions go whenever someone signs in: rare enough, and bounded.
@@ -144,10 +144,10 @@ impl Console {
                 expires_at,
             )
             .await?;
-        tracing::info!(api_key = principal.name.as_str(), "console sign-in");
+        tracing::info!(api_key = &*principal.name, "console sign-in");
         Ok(NewSession {
             token: SecretString::from(token),
-            key_name: principal.name,
+            key_name: principal.name.to_string(),
             expires_at,
         })
     }

@@ -1,6 +1,8 @@
 //! Prometheus metrics, in one registry owned by the application (no global recorder).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -89,7 +91,7 @@ impl EncodeLabelValue for MethodLabel {
 /// A label value chosen by people (an API key's name), escaped as the text format requires
 /// (the encoder writes values as they are).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Escaped(pub String);
+pub struct Escaped(pub Arc<str>);
 
 impl EncodeLabelValue for Escaped {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
@@ -110,15 +112,16 @@ impl EncodeLabelValue for Escaped {
 pub struct HttpLabels {
     pub method: MethodLabel,
     /// The route pattern (`/v1/tenants/{provet_id}`) or `unmatched`, never the concrete
-    /// path: the hookup path carries the hookup secret, and paths are unbounded.
-    pub route: String,
+    /// path: the hookup path carries the hookup secret, and paths are unbounded. Borrowed
+    /// from the route table on the hot path (no allocation per request).
+    pub route: Cow<'static, str>,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: MethodLabel,
-    pub route: String,
+    pub route: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -158,7 +161,7 @@ pub struct QueueLabels {
 pub struct ServedLabels {
     pub api_key: Escaped,
     /// `hit` (memory), `shared` (database: a restart or another replica), `miss` (provider).
-    pub cache: String,
+    pub cache: &'static str,
 }
 
 /// Which accepted hookup secret opened a hookup URL: `current` or `extra`.
@@ -548,11 +551,11 @@ impl Metrics {
             .set(n);
     }
 
-    pub fn token_served(&self, api_key: &str, source: &str) {
+    pub fn token_served(&self, api_key: &Arc<str>, source: &'static str) {
         self.tokens_served
             .get_or_create(&ServedLabels {
-                api_key: Escaped(api_key.to_owned()),
-                cache: source.to_owned(),
+                api_key: Escaped(api_key.clone()),
+                cache: source,
             })
             .inc();
     }

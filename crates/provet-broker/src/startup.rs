@@ -443,10 +443,11 @@ fn internal_routes(cfg: &mut web::ServiceConfig) {
     broker_console::configure(cfg);
 }
 
-/// One listener for everything.
+/// One listener for everything: the internal routes first, as they hold the token hot path
+/// (the router tries resources in order; no two patterns overlap).
 fn all_routes(cfg: &mut web::ServiceConfig) {
-    broker_api::configure_public(cfg);
     internal_routes(cfg);
+    broker_api::configure_public(cfg);
 }
 
 /// A bound socket and the routes it will serve.

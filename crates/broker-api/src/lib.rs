@@ -181,11 +181,18 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
 /// (`/v1`), the admin API, metrics and the OpenAPI document. (The operators' console is
 /// mounted beside these, on the same surface, by the binary's startup.)
 pub fn configure_internal(cfg: &mut web::ServiceConfig) {
+    use routes::ops;
+    cfg.service(resource("/metrics", [on(Method::GET, ops::metrics)]))
+        .service(resource("/openapi.json", [on(Method::GET, ops::openapi)]));
+    configure_service_api(cfg);
+    configure_admin_api(cfg);
+}
+
+/// `/v1`: what the integration's services ask (tenants, tokens, authorizations, events).
+fn configure_service_api(cfg: &mut web::ServiceConfig) {
     use Method as M;
-    use routes::{admin, feed, oauth, ops, registration, service, webhooks};
-    cfg.service(resource("/metrics", [on(M::GET, ops::metrics)]))
-        .service(resource("/openapi.json", [on(M::GET, ops::openapi)]))
-        .service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
+    use routes::{feed, oauth, service};
+    cfg.service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
         .service(resource(
             "/v1/tenants/{provet_id}",
             [on(M::GET, service::get_tenant)],
@@ -198,69 +205,75 @@ pub fn configure_internal(cfg: &mut web::ServiceConfig) {
             "/v1/tenants/{provet_id}/authorizations",
             [on(M::POST, oauth::start)],
         ))
-        .service(resource("/v1/events", [on(M::GET, feed::events)]))
-        .service(resource(
-            "/admin/tenants",
-            [
-                on(M::GET, admin::list_tenants),
-                on(M::POST, registration::register),
-            ],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}",
-            [
-                on(M::GET, admin::get_tenant),
-                on(M::DELETE, admin::remove_tenant),
-            ],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/grants/{subject}",
-            [on(M::DELETE, admin::revoke_grant)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/verify",
-            [on(M::POST, admin::verify_tenant)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/events",
-            [on(M::GET, admin::tenant_events)],
-        ))
-        .service(resource(
-            "/admin/tenants/{provet_id}/discovery",
-            [on(M::POST, admin::rerun_tenant_discovery)],
-        ))
-        .service(resource(
-            "/admin/discovery/rerun",
-            [on(M::POST, admin::rerun_discovery)],
-        ))
-        .service(resource(
-            "/admin/webhooks",
-            [on(M::POST, webhooks::create), on(M::GET, webhooks::list)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}",
-            [on(M::DELETE, webhooks::delete)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}/deliveries",
-            [on(M::GET, webhooks::deliveries)],
-        ))
-        .service(resource(
-            "/admin/webhooks/{id}/deliveries/{event_id}/retry",
-            [on(M::POST, webhooks::retry)],
-        ))
-        .service(resource(
-            "/admin/api-keys",
-            [
-                on(M::POST, admin::create_api_key),
-                on(M::GET, admin::list_api_keys),
-            ],
-        ))
-        .service(resource(
-            "/admin/api-keys/{id}",
-            [on(M::DELETE, admin::revoke_api_key)],
-        ))
-        .service(resource("/admin/audit", [on(M::GET, routes::audit::list)]));
+        .service(resource("/v1/events", [on(M::GET, feed::events)]));
+}
+
+/// `/admin`: tenants, discovery, webhooks, API keys and the audit log, for operators.
+fn configure_admin_api(cfg: &mut web::ServiceConfig) {
+    use Method as M;
+    use routes::{admin, registration, webhooks};
+    cfg.service(resource(
+        "/admin/tenants",
+        [
+            on(M::GET, admin::list_tenants),
+            on(M::POST, registration::register),
+        ],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}",
+        [
+            on(M::GET, admin::get_tenant),
+            on(M::DELETE, admin::remove_tenant),
+        ],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/grants/{subject}",
+        [on(M::DELETE, admin::revoke_grant)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/verify",
+        [on(M::POST, admin::verify_tenant)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/events",
+        [on(M::GET, admin::tenant_events)],
+    ))
+    .service(resource(
+        "/admin/tenants/{provet_id}/discovery",
+        [on(M::POST, admin::rerun_tenant_discovery)],
+    ))
+    .service(resource(
+        "/admin/discovery/rerun",
+        [on(M::POST, admin::rerun_discovery)],
+    ))
+    .service(resource(
+        "/admin/webhooks",
+        [on(M::POST, webhooks::create), on(M::GET, webhooks::list)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}",
+        [on(M::DELETE, webhooks::delete)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}/deliveries",
+        [on(M::GET, webhooks::deliveries)],
+    ))
+    .service(resource(
+        "/admin/webhooks/{id}/deliveries/{event_id}/retry",
+        [on(M::POST, webhooks::retry)],
+    ))
+    .service(resource(
+        "/admin/api-keys",
+        [
+            on(M::POST, admin::create_api_key),
+            on(M::GET, admin::list_api_keys),
+        ],
+    ))
+    .service(resource(
+        "/admin/api-keys/{id}",
+        [on(M::DELETE, admin::revoke_api_key)],
+    ))
+    .service(resource("/admin/audit", [on(M::GET, routes::audit::list)]));
 }
 
 /// One method of a path, for [`resource`].

@@ -28,7 +28,8 @@ pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
 }
 
-fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
+/// A `limit` query parameter: 1 to 500, 50 when absent.
+pub(crate) fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -36,6 +37,12 @@ fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
             "limit must be from 1 to {MAX_PAGE}"
         ))),
     }
+}
+
+/// Parses an `{id}` path segment (an API key's, a webhook's).
+pub(crate) fn integer_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))
 }
 
 /// A `{provet_id}` path segment (documentation only: handlers parse it with `provet_id`, so
@@ -207,11 +214,7 @@ pub async fn remove_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let removed = state
-        .tenant_admin()
-        .remove(id)
-        .await
-        .map_err(ApiError::from);
+    let removed = state.tenant_admin().remove(id).await;
     let tenant = caller
         .audit(AuditAction::TenantRemove)
         .tenant(id)
@@ -246,19 +249,23 @@ pub async fn create_api_key(
             .map_err(|e: broker_domain::UnknownState| {
                 ApiError::invalid_field("role", e.to_string())
             })?;
-        Ok(state
-            .api_keys()
-            .create(&body.name, role, body.tenants)
-            .await?)
+        Ok::<_, ApiError>(
+            state
+                .api_keys()
+                .create(&body.name, role, body.tenants)
+                .await?,
+        )
     }
     .await;
-    let audit = caller.audit(AuditAction::ApiKeyCreate);
-    let audit = match (&created, name) {
-        (Ok(c), _) => audit.target(format!("api key {} ({})", c.record.id, c.record.name)),
-        (Err(_), Some(name)) => audit.target(format!("name {name}")),
-        (Err(_), None) => audit,
+    let target = match &created {
+        Ok(c) => Some(format!("api key {} ({})", c.record.id, c.record.name)),
+        Err(_) => name.map(|name| format!("name {name}")),
     };
-    let created = audit.finish(&state, created).await?;
+    let created = caller
+        .audit(AuditAction::ApiKeyCreate)
+        .maybe_target(target)
+        .finish(&state, created)
+        .await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
         api_key: ApiKeyView::from(created.record),
         key: created.key.expose_secret().to_owned(),
@@ -299,9 +306,7 @@ pub async fn revoke_api_key(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id: i64 = path
-        .parse()
-        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
+    let id = integer_id(&path)?;
     let revoked = crate::audit::no_content_if_found(state.api_keys().revoke(id).await);
     caller
         .audit(AuditAction::ApiKeyRevoke)
@@ -327,11 +332,7 @@ pub async fn rerun_tenant_discovery(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let rerun = state
-        .tenant_admin()
-        .rediscover(id)
-        .await
-        .map_err(ApiError::from);
+    let rerun = state.tenant_admin().rediscover(id).await;
     let record = caller
         .audit(AuditAction::TenantDiscovery)
         .tenant(id)
@@ -373,12 +374,11 @@ pub async fn rerun_discovery(
         Ok(state.tenant_admin().schedule_discovery(which).await?)
     }
     .await;
-    let audit = caller.audit(AuditAction::DiscoveryRerun);
-    let audit = match filter {
-        Some(f) => audit.target(format!("filter {f}")),
-        None => audit,
-    };
-    let scheduled = audit.finish(&state, scheduled).await?;
+    let scheduled = caller
+        .audit(AuditAction::DiscoveryRerun)
+        .maybe_target(filter.map(|f| format!("filter {f}")))
+        .finish(&state, scheduled)
+        .await?;
     Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
 }
 
@@ -399,11 +399,7 @@ pub async fn verify_tenant(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let id = provet_id(&path)?;
-    let verified = state
-        .tenant_admin()
-        .verify(id)
-        .await
-        .map_err(ApiError::from);
+    let verified = state.tenant_admin().verify(id).await;
     let tenant = caller
         .audit(AuditAction::TenantVerify)
         .tenant(id)

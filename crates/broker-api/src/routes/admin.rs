@@ -39,6 +39,20 @@ pub(crate) fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
     }
 }
 
+/// Runs an admin action on the tenant a `{provet_id}` segment names, and records it in the
+/// audit log with its outcome.
+async fn on_tenant<T, E: Into<ApiError>>(
+    state: &AppState,
+    caller: &Caller,
+    path: &str,
+    action: AuditAction,
+    run: impl AsyncFnOnce(i64) -> Result<T, E>,
+) -> Result<T, ApiError> {
+    let id = provet_id(path)?;
+    let result = run(id).await;
+    caller.audit(action).tenant(id).finish(state, result).await
+}
+
 /// Parses an `{id}` path segment (an API key's, a webhook's).
 pub(crate) fn integer_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse()
@@ -213,13 +227,14 @@ pub async fn remove_tenant(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let removed = state.tenant_admin().remove(id).await;
-    let tenant = caller
-        .audit(AuditAction::TenantRemove)
-        .tenant(id)
-        .finish(&state, removed)
-        .await?;
+    let tenant = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantRemove,
+        async |id| state.tenant_admin().remove(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
 }
 
@@ -331,13 +346,14 @@ pub async fn rerun_tenant_discovery(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let rerun = state.tenant_admin().rediscover(id).await;
-    let record = caller
-        .audit(AuditAction::TenantDiscovery)
-        .tenant(id)
-        .finish(&state, rerun)
-        .await?;
+    let record = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantDiscovery,
+        async |id| state.tenant_admin().rediscover(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(DiscoveryView::from_record(record)))
 }
 
@@ -398,13 +414,14 @@ pub async fn verify_tenant(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let verified = state.tenant_admin().verify(id).await;
-    let tenant = caller
-        .audit(AuditAction::TenantVerify)
-        .tenant(id)
-        .finish(&state, verified)
-        .await?;
+    let tenant = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantVerify,
+        async |id| state.tenant_admin().verify(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }
 

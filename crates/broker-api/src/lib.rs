@@ -1,14 +1,17 @@
 //! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
 //! errors, request metrics and the OpenAPI document.
 //!
-//! `lib.rs` the route table (`configure_public` and `configure_internal`, the two surfaces;
-//! `configure` both), `AppState` with one accessor per use case; `request.rs` the request id,
-//! span, metrics and access-log middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
-//! `service.rs` tenants and tokens for services, `feed.rs` the tenant list and event feed
-//! services follow, `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries, `oauth.rs` the connect flow, `admin.rs`
-//! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
-//! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
-//! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
+//! `lib.rs` the route table (`configure_public` and `configure_internal`, the two surfaces,
+//! the internal one being the service API and the admin API; `configure` both), `AppState`
+//! with one accessor per use case; `request.rs` the request id, span, metrics and access-log
+//! middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup, `service.rs`
+//! tenants and tokens for services, `feed.rs` the tenant list and event feed services follow,
+//! `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries,
+//! `oauth.rs` the connect flow, `admin.rs` operators, `audit.rs` the audit log, `ops.rs`
+//! health, metrics, OpenAPI); `audit.rs` an admin action's audit entry; `problem.rs` the one
+//! place errors become problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key
+//! extractor; `guard.rs` the failed-key throttle; `body.rs` body size and time limits;
+//! `openapi.rs` the document.
 
 pub mod audit;
 pub mod auth;

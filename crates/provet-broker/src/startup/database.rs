@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use broker_store::{Store, StoreError, StoreOptions};
 
-use super::keys::keyring;
+use super::keys::{GeneratedKey, keyring};
 use crate::config::Settings;
 
 /// The pools' options from `[database]`.
@@ -34,26 +34,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
                 redact_url(&settings.database.url)
             )
         })?;
-    let missing = store
-        .settings()
-        .missing_key_ids()
-        .await
-        .context("reading which keys sealed the stored secrets")?;
-    if !missing.is_empty() {
-        let ids = missing.join(", ");
-        match &generated {
-            Some(key) => bail!(
-                "refusing to generate a new master key into {}: the database holds secrets sealed with key id(s) {ids}, \
-                 which no configured key opens. Restore that key file, or set secrets.master_key (or secrets.previous_keys) to that key",
-                key.path.display()
-            ),
-            None => bail!(
-                "the database holds secrets sealed with key id(s) {ids}, which are not configured \
-                 (the current key is {}): set secrets.master_key to that key, or add it to secrets.previous_keys",
-                store.keyring().current_id()
-            ),
-        }
-    }
+    refuse_unopenable(&store, generated.as_ref()).await?;
     if let Some(key) = generated {
         key.persist()?;
     }
@@ -80,19 +61,34 @@ pub async fn open_existing_store(settings: &Settings) -> anyhow::Result<Store> {
             return Err(anyhow::Error::new(e).context(format!("cannot open the database ({url})")));
         }
     };
+    refuse_unopenable(&store, None).await?;
+    Ok(store)
+}
+
+/// Refuses a database holding secrets sealed with a key that is not configured; with a key
+/// about to be generated (`generated`), the refusal says none is written.
+async fn refuse_unopenable(store: &Store, generated: Option<&GeneratedKey>) -> anyhow::Result<()> {
     let missing = store
         .settings()
         .missing_key_ids()
         .await
         .context("reading which keys sealed the stored secrets")?;
-    if !missing.is_empty() {
-        bail!(
-            "the database holds secrets sealed with key id(s) {}, which are not configured (the current key is {}): set secrets.master_key to that key, or add it to secrets.previous_keys",
-            missing.join(", "),
-            store.keyring().current_id()
-        );
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(store)
+    let ids = missing.join(", ");
+    match generated {
+        Some(key) => bail!(
+            "refusing to generate a new master key into {}: the database holds secrets sealed with key id(s) {ids}, \
+             which no configured key opens. Restore that key file, or set secrets.master_key (or secrets.previous_keys) to that key",
+            key.path.display()
+        ),
+        None => bail!(
+            "the database holds secrets sealed with key id(s) {ids}, which are not configured \
+             (the current key is {}): set secrets.master_key to that key, or add it to secrets.previous_keys",
+            store.keyring().current_id()
+        ),
+    }
 }
 
 /// A database URL without its password, for messages.

@@ -38,6 +38,19 @@ async fn hookup(s: &Store, m: &HookupMessage, now: DateTime<Utc>) -> HookupOutco
         .outcome
 }
 
+/// Tenant 7's client secret as the token broker opens it.
+async fn stored_secret(s: &Store) -> String {
+    s.tokens()
+        .token_client(7)
+        .await
+        .unwrap()
+        .unwrap()
+        .client_secret
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
 fn key() -> MasterKey {
     MasterKey::from_base64(&MasterKey::generate_base64()).unwrap()
 }
@@ -78,17 +91,7 @@ async fn hookup_outcomes_follow_what_changed() {
     assert_eq!(hookup(&s, &m3, now).await, HookupOutcome::Updated);
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.client.unwrap().client_id, "b");
-    assert_eq!(
-        s.tokens()
-            .token_client(7)
-            .await
-            .unwrap()
-            .unwrap()
-            .client_secret
-            .unwrap()
-            .expose_secret(),
-        "secret-two"
-    );
+    assert_eq!(stored_secret(&s).await, "secret-two");
     assert_eq!(s.tenants().deliveries(7, None, 10).await.unwrap().len(), 4);
 }
 
@@ -121,17 +124,7 @@ async fn rekey_reseals_under_the_new_key() {
             already_current: 2
         }
     );
-    assert_eq!(
-        s.tokens()
-            .token_client(7)
-            .await
-            .unwrap()
-            .unwrap()
-            .client_secret
-            .unwrap()
-            .expose_secret(),
-        "secret-one"
-    );
+    assert_eq!(stored_secret(&s).await, "secret-one");
 }
 
 /// Statements that put a value outside its state's set: each must fail.

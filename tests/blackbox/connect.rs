@@ -158,14 +158,7 @@ pub async fn tenant(
 }
 
 pub async fn connect(daemon: &Daemon, key: &str, id: i64) -> (u16, String) {
-    let (status, started) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{id}/authorizations"),
-            Some(key),
-            None,
-        )
-        .await;
+    let (status, started) = daemon.start_authorization(key, id, None).await;
     assert_eq!(status, 200, "{started}");
     let redirect = log_in_and_approve(started["authorize_url"].as_str().expect("url")).await;
     let (status, page, _) = deliver(daemon, &redirect).await;
@@ -183,14 +176,7 @@ async fn rs256_hs256_and_public_clients_connect(backend: Backend) {
         ("public", "RS256"),
     ] {
         let (id, message) = tenant(&daemon, &admin, client_type, Some(algorithm)).await;
-        let (status, started) = daemon
-            .send(
-                reqwest::Method::POST,
-                &format!("/v1/tenants/{id}/authorizations"),
-                Some(&admin),
-                None,
-            )
-            .await;
+        let (status, started) = daemon.start_authorization(&admin, id, None).await;
         assert_eq!(status, 200, "{started}");
         let authorize =
             url::Url::parse(started["authorize_url"].as_str().expect("url")).expect("url");
@@ -316,14 +302,7 @@ async fn states_are_one_time_and_provider_errors_are_shown(backend: Backend) {
     let daemon = start_daemon(&db, &[]).await;
     let admin = daemon.api_key("admin", &[]);
     let (id, _) = tenant(&daemon, &admin, "confidential", Some("RS256")).await;
-    let (_, started) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{id}/authorizations"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let (_, started) = daemon.start_authorization(&admin, id, None).await;
     let redirect = log_in_and_approve(started["authorize_url"].as_str().expect("url")).await;
     assert_eq!(deliver(&daemon, &redirect).await.0, 200);
     // Replayed.
@@ -341,14 +320,7 @@ async fn states_are_one_time_and_provider_errors_are_shown(backend: Backend) {
     let (status, _, _) = deliver(&daemon, "http://broker.test/oauth/callback?code=x").await;
     assert_eq!(status, 400);
     // The clinic user (or the provider) said no; the text is escaped.
-    let (_, started) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{id}/authorizations"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let (_, started) = daemon.start_authorization(&admin, id, None).await;
     let state = query_param(&started["authorize_url"], "state");
     let (status, page, _) = deliver(
         &daemon,
@@ -466,16 +438,7 @@ async fn misconfigured_tenants_are_explained(backend: Backend) {
     let start = |body: Value| {
         let daemon = &daemon;
         let admin = admin.clone();
-        async move {
-            daemon
-                .send(
-                    reqwest::Method::POST,
-                    &format!("/v1/tenants/{id}/authorizations"),
-                    Some(&admin),
-                    Some(body),
-                )
-                .await
-        }
+        async move { daemon.start_authorization(&admin, id, Some(body)).await }
     };
     assert_eq!(
         start(json!({"return_to": "https://evil.example/"})).await.0,
@@ -496,14 +459,7 @@ async fn misconfigured_tenants_are_explained(backend: Backend) {
         .await;
     message["redirect_uris"] = json!("https://somewhere.example/cb");
     assert_eq!(daemon.hookup(&message).await.0, 200);
-    let (status, problem) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{other}/authorizations"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let (status, problem) = daemon.start_authorization(&admin, other, None).await;
     assert_eq!(
         (status, problem["code"].clone()),
         (409, json!("misconfigured"))
@@ -520,14 +476,7 @@ async fn misconfigured_tenants_are_explained(backend: Backend) {
         .application(cc, "client_credentials", "confidential", None)
         .await;
     assert_eq!(daemon.hookup(&message).await.0, 200);
-    let (status, problem) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{cc}/authorizations"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let (status, problem) = daemon.start_authorization(&admin, cc, None).await;
     assert_eq!(
         (status, problem["code"].clone()),
         (409, json!("misconfigured"))
@@ -594,14 +543,7 @@ async fn several_grants_per_tenant(backend: Backend) {
         .await
         .expect("json");
     let vet_sub = created["sub"].as_str().expect("sub").to_owned();
-    let (_, started) = daemon
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{id}/authorizations"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let (_, started) = daemon.start_authorization(&admin, id, None).await;
     let redirect = log_in_as(
         started["authorize_url"].as_str().expect("url"),
         &username,

@@ -90,7 +90,14 @@ impl Browser {
             .is_empty()
     }
 
+    /// Clicks a link or a form's button and waits for the page it loads (every click here
+    /// loads one): WebDriver's click may return before a form's answer has arrived, and on
+    /// a busy machine the next check would then read the old page.
     async fn click(&self, css: &str) {
+        self.client
+            .execute("window.__before_click = true;", vec![])
+            .await
+            .expect("mark the page");
         self.client
             .find(Locator::Css(css))
             .await
@@ -98,6 +105,25 @@ impl Browser {
             .click()
             .await
             .expect("click");
+        let started = Instant::now();
+        loop {
+            let loaded = self
+                .client
+                .execute(
+                    "return window.__before_click !== true && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            // While the next page loads the script may fail: that is "not yet".
+            if matches!(loaded, Ok(Value::Bool(true))) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no new page after clicking `{css}`"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn fill(&self, css: &str, value: &str) {

@@ -1,4 +1,5 @@
-//! Security review fixes for provider-controlled numbers, proxies, ID tokens, configuration and storage.
+//! Security review fixes for provider-controlled numbers, proxies, configuration and storage
+//! (the ID-token ones are in `id_tokens.rs`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -8,13 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::backend_tests;
-use crate::connect::deliver;
 use crate::discovery_faults::{document, hookup_for, jwks};
 use crate::helpers::*;
 use crate::tokens::token;
@@ -287,130 +286,6 @@ async fn a_configured_proxy_is_used() {
         "the request went through the configured proxy"
     );
     assert_eq!(environment.connections.load(Ordering::SeqCst), 0);
-}
-
-// ---- 17: azp with several audiences ----
-
-const PROVIDER_KEY: &str = include_str!("fixtures/provider.pem");
-const PROVIDER_N: &str = include_str!("fixtures/provider.n");
-
-fn id_jwks() -> Value {
-    json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "k1", "n": PROVIDER_N.trim(), "e": "AQAB"}]})
-}
-
-fn sign(claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("k1".to_owned());
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_rsa_pem(PROVIDER_KEY.as_bytes()).expect("pem"),
-    )
-    .expect("sign")
-}
-
-struct OidcSetup {
-    daemon: Daemon,
-    admin: String,
-    server: MockServer,
-    issuer: String,
-    _db: TestDb,
-}
-
-async fn mount_id_discovery(server: &MockServer, issuer: &str) {
-    Mock::given(path("/7/oauth2/.well-known/openid-configuration"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(document(issuer)))
-        .mount(server)
-        .await;
-    Mock::given(path("/7/oauth2/.well-known/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(id_jwks()))
-        .mount(server)
-        .await;
-}
-
-async fn oidc_setup() -> OidcSetup {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let daemon = mock_daemon(&db, &[("BROKER_DISCOVERY__ENABLED", "true")]).await;
-    let admin = daemon.api_key("admin", &[]);
-    let server = MockServer::start().await;
-    let issuer = format!("{}/7/oauth2", server.uri());
-    mount_id_discovery(&server, &issuer).await;
-    assert_eq!(daemon.hookup(&web_app_hookup(&issuer)).await.0, 200);
-    wait_for_discovery(&daemon, &admin, 7, "ok").await;
-    OidcSetup {
-        daemon,
-        admin,
-        server,
-        issuer,
-        _db: db,
-    }
-}
-
-/// Runs the connect flow with an ID token carrying `aud` and `azp` (absent when `None`).
-async fn connect_with(s: &OidcSetup, aud: Value, azp: Option<&str>) -> (u16, String) {
-    let query = start_authorization(&s.daemon, &s.admin).await;
-    let now = chrono::Utc::now().timestamp();
-    let mut claims = json!({
-        "iss": s.issuer, "aud": aud, "sub": "user-42", "exp": now + 3600, "iat": now,
-        "nonce": query["nonce"],
-    });
-    if let Some(azp) = azp {
-        claims["azp"] = json!(azp);
-    }
-    s.server.reset().await;
-    mount_id_discovery(&s.server, &s.issuer).await;
-    Mock::given(method("POST"))
-        .and(path("/7/oauth2/token/"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": "at", "token_type": "Bearer", "expires_in": 36000,
-            "refresh_token": "rt", "scope": "openid restapi", "id_token": sign(&claims),
-        })))
-        .mount(&s.server)
-        .await;
-    let (status, page, _) = deliver(
-        &s.daemon,
-        &format!(
-            "http://broker.test/oauth/callback?code=c0de&state={}",
-            query["state"]
-        ),
-    )
-    .await;
-    (status, page)
-}
-
-/// OpenID Connect Core 3.1.3.7: with several audiences `azp` must name us; a present `azp`
-/// must always name us.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn id_tokens_for_several_audiences_need_our_azp() {
-    let s = oidc_setup().await;
-    let refused = |(status, page): (u16, String), what: &str| {
-        assert_eq!(status, 400, "{what}: {page}");
-        assert!(page.contains("identity token"), "{what}: {page}");
-    };
-    refused(
-        connect_with(&s, json!(["web-app", "another-client"]), None).await,
-        "two audiences, no azp",
-    );
-    refused(
-        connect_with(
-            &s,
-            json!(["web-app", "another-client"]),
-            Some("another-client"),
-        )
-        .await,
-        "two audiences, azp another client",
-    );
-    refused(
-        connect_with(&s, json!("web-app"), Some("another-client")).await,
-        "one audience, azp another client",
-    );
-    let (_, view) = s.daemon.get("/admin/tenants/7", Some(&s.admin)).await;
-    assert_eq!(view["grants"], json!([]));
-    let (status, page) =
-        connect_with(&s, json!(["web-app", "another-client"]), Some("web-app")).await;
-    assert_eq!(status, 200, "{page}");
-    let (status, page) = connect_with(&s, json!("web-app"), None).await;
-    assert_eq!(status, 200, "{page}");
 }
 
 // ---- 9 and 14: removal ----

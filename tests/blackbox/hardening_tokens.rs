@@ -70,16 +70,27 @@ async fn requests_to(server: &MockServer, token_path: &str) -> usize {
         .count()
 }
 
+/// A mock provider that detects refresh-token reuse, the authorization-code tenant hooked up
+/// on `d` against it, and a clinic user connected: the provider (kept running by the
+/// server) and the grant's subject.
+async fn reuse_detecting_grant(d: &Daemon, admin: &str) -> (MockServer, ReuseDetecting, String) {
+    let server = MockServer::start().await;
+    let provider = ReuseDetecting::new(Duration::from_millis(300));
+    Mock::given(method("POST"))
+        .and(path(AC_TOKEN))
+        .respond_with(provider.clone())
+        .mount(&server)
+        .await;
+    assert_eq!(d.hookup(&ac_hookup(&server.uri())).await.0, 200);
+    let subject = connect_grant(d, admin).await;
+    (server, provider, subject)
+}
+
 /// Connects a clinic user to the authorization-code tenant (scope `restapi extra`) through
 /// the mock provider's code exchange; answers the grant's subject.
 async fn connect_grant(d: &Daemon, admin: &str) -> String {
     let (status, started) = d
-        .send(
-            reqwest::Method::POST,
-            &format!("/v1/tenants/{AC_ID}/authorizations"),
-            Some(admin),
-            Some(json!({"scope": "restapi extra"})),
-        )
+        .start_authorization(admin, AC_ID, Some(json!({"scope": "restapi extra"})))
         .await;
     assert!(status == 200 || status == 201, "{status} {started}");
     let state = query_param(&started["authorize_url"], "state");
@@ -801,15 +812,7 @@ async fn every_spelling_of_a_grant_shares_one_refresh(backend: Backend) {
     let d = Arc::new(Daemon::start(&db, mock_config(&[])).await);
     let admin = d.api_key("admin", &[]);
     let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
-    let provider = ReuseDetecting::new(Duration::from_millis(300));
-    Mock::given(method("POST"))
-        .and(path(AC_TOKEN))
-        .respond_with(provider.clone())
-        .mount(&server)
-        .await;
-    assert_eq!(d.hookup(&ac_hookup(&server.uri())).await.0, 200);
-    let subject = connect_grant(&d, &admin).await;
+    let (_server, provider, subject) = reuse_detecting_grant(&d, &admin).await;
 
     // 50 forced refreshes in five spellings at once: all served, no refresh token reused.
     let generations = forced_storm(std::slice::from_ref(&d), &key, &subject).await;
@@ -889,15 +892,7 @@ async fn two_replicas_share_one_refresh_per_grant_whatever_the_spelling() {
     let b = Arc::new(Daemon::start(&db, config).await);
     let admin = a.api_key("admin", &[]);
     let key = a.api_key("token", &[]);
-    let server = MockServer::start().await;
-    let provider = ReuseDetecting::new(Duration::from_millis(300));
-    Mock::given(method("POST"))
-        .and(path(AC_TOKEN))
-        .respond_with(provider.clone())
-        .mount(&server)
-        .await;
-    assert_eq!(a.hookup(&ac_hookup(&server.uri())).await.0, 200);
-    let subject = connect_grant(&a, &admin).await;
+    let (_server, provider, subject) = reuse_detecting_grant(&a, &admin).await;
 
     let generations = forced_storm(&[a.clone(), b.clone()], &key, &subject).await;
     let (generation, revoked, refreshes, reuses) = provider.snapshot();

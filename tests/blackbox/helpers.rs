@@ -467,6 +467,23 @@ impl Daemon {
         read(request.send().await.expect("request")).await
     }
 
+    /// `POST /v1/tenants/{id}/authorizations`: starts connecting a clinic user (`body` the
+    /// optional scope or return_to).
+    pub async fn start_authorization(
+        &self,
+        key: &str,
+        id: i64,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{id}/authorizations"),
+            Some(key),
+            body,
+        )
+        .await
+    }
+
     /// Runs a CLI command against the same configuration; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         run_cli(&self.env, &self.cwd, args)

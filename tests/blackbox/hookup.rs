@@ -5,6 +5,20 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::helpers::*;
 
+/// The fields the hookup schema requires, in its order.
+const REQUIRED_FIELDS: [&str; 10] = [
+    "provet_id",
+    "client_id",
+    "client_secret",
+    "algorithm",
+    "authorization_grant_type",
+    "client_type",
+    "redirect_uris",
+    "token_url",
+    "authorize_url",
+    "openid_autodiscovery_url",
+];
+
 async fn started(backend: Backend) -> (TestDb, Daemon, String) {
     let db = TestDb::new(backend).await;
     let daemon = Daemon::start(&db, DaemonConfig::new()).await;
@@ -309,18 +323,7 @@ fn violations() -> Vec<(Value, &'static str)> {
         m.as_object_mut().expect("object").remove(field);
         m
     };
-    for field in [
-        "provet_id",
-        "client_id",
-        "client_secret",
-        "algorithm",
-        "authorization_grant_type",
-        "client_type",
-        "redirect_uris",
-        "token_url",
-        "authorize_url",
-        "openid_autodiscovery_url",
-    ] {
+    for field in REQUIRED_FIELDS {
         cases.push((without(field), field));
     }
     // Wrong types.
@@ -450,18 +453,7 @@ async fn every_schema_violation_is_named_and_nothing_is_stored(backend: Backend)
         .iter()
         .map(|e| e["field"].as_str().expect("field"))
         .collect();
-    for field in [
-        "provet_id",
-        "client_id",
-        "client_secret",
-        "algorithm",
-        "authorization_grant_type",
-        "client_type",
-        "redirect_uris",
-        "token_url",
-        "authorize_url",
-        "openid_autodiscovery_url",
-    ] {
+    for field in REQUIRED_FIELDS {
         assert!(named.contains(&field), "{field} missing from {named:?}");
     }
     // Not JSON, not an object.

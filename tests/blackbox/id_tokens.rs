@@ -102,6 +102,19 @@ async fn attempt(s: &Setup, id_token: impl Fn(&str) -> String) -> (u16, String) 
     (status, page)
 }
 
+/// Runs the connect flow with an ID token carrying `aud` and `azp` (absent when `None`).
+async fn connect_with(s: &Setup, aud: Value, azp: Option<&str>) -> (u16, String) {
+    attempt(s, |nonce| {
+        let mut c = claims(s, nonce);
+        c["aud"] = aud.clone();
+        if let Some(azp) = azp {
+            c["azp"] = json!(azp);
+        }
+        sign(&c, PROVIDER_KEY, "k1")
+    })
+    .await
+}
+
 fn claims(s: &Setup, nonce: &str) -> Value {
     let now = chrono::Utc::now().timestamp();
     json!({"iss": s.issuer, "aud": "web-app", "sub": "user-42", "exp": now + 3600, "iat": now, "nonce": nonce})
@@ -219,4 +232,39 @@ async fn an_expired_jwks_is_fetched_again() {
         0,
         "a fresh JWKS is not fetched again"
     );
+}
+
+/// OpenID Connect Core 3.1.3.7: with several audiences `azp` must name us; a present `azp`
+/// must always name us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_tokens_for_several_audiences_need_our_azp() {
+    let s = setup().await;
+    let refused = |(status, page): (u16, String), what: &str| {
+        assert_eq!(status, 400, "{what}: {page}");
+        assert!(page.contains("identity token"), "{what}: {page}");
+    };
+    refused(
+        connect_with(&s, json!(["web-app", "another-client"]), None).await,
+        "two audiences, no azp",
+    );
+    refused(
+        connect_with(
+            &s,
+            json!(["web-app", "another-client"]),
+            Some("another-client"),
+        )
+        .await,
+        "two audiences, azp another client",
+    );
+    refused(
+        connect_with(&s, json!("web-app"), Some("another-client")).await,
+        "one audience, azp another client",
+    );
+    let (_, view) = s.daemon.get("/admin/tenants/7", Some(&s.admin)).await;
+    assert_eq!(view["grants"], json!([]));
+    let (status, page) =
+        connect_with(&s, json!(["web-app", "another-client"]), Some("web-app")).await;
+    assert_eq!(status, 200, "{page}");
+    let (status, page) = connect_with(&s, json!("web-app"), None).await;
+    assert_eq!(status, 200, "{page}");
 }

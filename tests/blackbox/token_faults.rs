@@ -21,6 +21,15 @@ async fn daemon(db: &TestDb) -> Daemon {
     Daemon::start(db, config).await
 }
 
+/// Each test's start: a daemon on SQLite with a token key, and a mock provider whose answers
+/// the test mounts before it sends the hookup. The database outlives the daemon.
+async fn set_up() -> (TestDb, Daemon, String, MockServer) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let d = daemon(&db).await;
+    let key = d.api_key("token", &[]);
+    (db, d, key, MockServer::start().await)
+}
+
 fn hookup(base: &str, openid: bool) -> Value {
     let mut message = mock_client_credentials(base, 7, "mock-client", "mock-secret", TOKEN);
     if openid {
@@ -51,10 +60,7 @@ async fn token_requests(server: &MockServer) -> usize {
 /// during which the provider hears nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_provider_gives_503_with_retry_after_and_backs_off() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
+    let (_db, d, key, server) = set_up().await;
     Mock::given(method("POST"))
         .and(path(TOKEN))
         .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "7"))
@@ -90,10 +96,7 @@ async fn a_failing_provider_gives_503_with_retry_after_and_backs_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_provider_gives_503_within_the_timeout() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
+    let (_db, d, key, server) = set_up().await;
     Mock::given(method("POST"))
         .and(path(TOKEN))
         .respond_with(issued("late", 3600).set_delay(Duration::from_secs(30)))
@@ -113,10 +116,7 @@ async fn a_hanging_provider_gives_503_within_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
+    let (_db, d, key, server) = set_up().await;
     Mock::given(method("POST"))
         .and(path(TOKEN))
         .respond_with(issued("first-token", 600))
@@ -161,11 +161,8 @@ async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
 /// the form body instead of HTTP Basic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_post_when_that_is_all_the_provider_advertises() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
+    let (_db, d, key, server) = set_up().await;
     let admin = d.api_key("admin", &[]);
-    let server = MockServer::start().await;
     let issuer = format!("{}/7/oauth2", server.uri());
     let mut doc = document(&issuer);
     doc["token_endpoint_auth_methods_supported"] = json!(["client_secret_post"]);
@@ -220,10 +217,7 @@ async fn client_secret_post_when_that_is_all_the_provider_advertises() {
 /// configured default, never zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifetime_comes_from_the_jwt_when_expires_in_is_missing() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
+    let (_db, d, key, server) = set_up().await;
     let exp = chrono::Utc::now().timestamp() + 1234;
     let b64 = |v: Value| {
         use base64::Engine;
@@ -252,10 +246,7 @@ async fn the_lifetime_comes_from_the_jwt_when_expires_in_is_missing() {
 /// A huge answer and a refused connection: 503, and another tenant is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_answers_and_refused_connections_stay_with_their_tenant() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let d = daemon(&db).await;
-    let key = d.api_key("token", &[]);
-    let server = MockServer::start().await;
+    let (_db, d, key, server) = set_up().await;
     Mock::given(method("POST"))
         .and(path(TOKEN))
         .respond_with(ResponseTemplate::new(200).set_body_string(format!(

@@ -40,12 +40,21 @@ impl PendingAudit {
         self
     }
 
-    /// Records the action's outcome and hands its result back.
-    pub async fn finish<T>(
+    /// The target, when the request named one before it failed.
+    pub fn maybe_target(self, target: Option<String>) -> Self {
+        match target {
+            Some(target) => self.target(target),
+            None => self,
+        }
+    }
+
+    /// Records the action's outcome and hands its result back (as an `ApiError`).
+    pub async fn finish<T, E: Into<ApiError>>(
         mut self,
         state: &AppState,
-        result: Result<T, ApiError>,
+        result: Result<T, E>,
     ) -> Result<T, ApiError> {
+        let result = result.map_err(Into::into);
         self.record.outcome = outcome(&result);
         state.audit().record(self.record).await;
         result

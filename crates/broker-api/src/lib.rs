@@ -1,14 +1,17 @@
 //! provet-broker's HTTP interface: routes per resource, the API-key extractor, problem+json
 //! errors, request metrics and the OpenAPI document.
 //!
-//! `lib.rs` the route table (`configure_public` and `configure_internal`, the two surfaces;
-//! `configure` both), `AppState` with one accessor per use case; `request.rs` the request id,
-//! span, metrics and access-log middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup,
-//! `service.rs` tenants and tokens for services, `feed.rs` the tenant list and event feed
-//! services follow, `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries, `oauth.rs` the connect flow, `admin.rs`
-//! operators, `ops.rs` health, metrics, OpenAPI); `problem.rs` the one place errors become
-//! problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key extractor; `guard.rs`
-//! the failed-key throttle; `body.rs` body size and time limits; `openapi.rs` the document.
+//! `lib.rs` the route table (`configure_public` and `configure_internal`, the two surfaces,
+//! the internal one being the service API and the admin API; `configure` both), `AppState`
+//! with one accessor per use case; `request.rs` the request id, span, metrics and access-log
+//! middleware; `routes/` one file per resource (`hookup.rs` Provet's hookup, `service.rs`
+//! tenants and tokens for services, `feed.rs` the tenant list and event feed services follow,
+//! `registration.rs` tenants entered by hand, `webhooks.rs` webhook endpoints and deliveries,
+//! `oauth.rs` the connect flow, `admin.rs` operators, `audit.rs` the audit log, `ops.rs`
+//! health, metrics, OpenAPI); `audit.rs` an admin action's audit entry; `problem.rs` the one
+//! place errors become problem+json; `views.rs` the JSON bodies; `auth.rs` the API-key
+//! extractor; `guard.rs` the failed-key throttle; `body.rs` body size and time limits;
+//! `openapi.rs` the document.
 
 pub mod audit;
 pub mod auth;
@@ -182,15 +185,22 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
 /// (`/v1`), the admin API, metrics and the OpenAPI document. (The operators' console is
 /// mounted beside these, on the same surface, by the binary's startup.)
 pub fn configure_internal(cfg: &mut web::ServiceConfig) {
+    use routes::ops;
+    // The router tries resources in order: the service API (the token hot path) first.
+    configure_service_api(cfg);
+    cfg.service(resource("/metrics", [on(Method::GET, ops::metrics)]))
+        .service(resource("/openapi.json", [on(Method::GET, ops::openapi)]));
+    configure_admin_api(cfg);
+}
+
+/// `/v1`: what the integration's services ask (tenants, tokens, authorizations, events).
+fn configure_service_api(cfg: &mut web::ServiceConfig) {
     use Method as M;
-    use routes::{admin, feed, oauth, ops, registration, service, webhooks};
-    // The router tries resources in order: the hot path first.
+    use routes::{feed, oauth, service};
     cfg.service(resource(
         "/v1/tenants/{provet_id}/token",
         [on(M::POST, service::token)],
     ))
-    .service(resource("/metrics", [on(M::GET, ops::metrics)]))
-    .service(resource("/openapi.json", [on(M::GET, ops::openapi)]))
     .service(resource("/v1/tenants", [on(M::GET, feed::list_tenants)]))
     .service(resource(
         "/v1/tenants/{provet_id}",
@@ -200,8 +210,14 @@ pub fn configure_internal(cfg: &mut web::ServiceConfig) {
         "/v1/tenants/{provet_id}/authorizations",
         [on(M::POST, oauth::start)],
     ))
-    .service(resource("/v1/events", [on(M::GET, feed::events)]))
-    .service(resource(
+    .service(resource("/v1/events", [on(M::GET, feed::events)]));
+}
+
+/// `/admin`: tenants, discovery, webhooks, API keys and the audit log, for operators.
+fn configure_admin_api(cfg: &mut web::ServiceConfig) {
+    use Method as M;
+    use routes::{admin, registration, webhooks};
+    cfg.service(resource(
         "/admin/tenants",
         [
             on(M::GET, admin::list_tenants),

@@ -11,10 +11,11 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::audit::audit;
-use crate::error::ConsoleError;
-use crate::layout::{self, Shell, csrf_field, state_badge};
-use crate::overview::html_page;
-use crate::session::{checked, redirect, signed_in};
+use crate::error::{ConsoleError, found};
+use crate::layout::{
+    self, NoticeQuery, Shell, copy_field, csrf_field, html_answer, html_page, state_badge,
+};
+use crate::session::{CsrfForm, checked, redirect, signed_in};
 
 async fn keys_page(
     state: &AppState,
@@ -33,10 +34,7 @@ async fn keys_page(
             section.card.once id="created-key" {
                 h2 { "Key “" (name) "” created" }
                 p { strong { "Copy it now: it is shown this once." } " Only its SHA-256 is stored." }
-                div.copy {
-                    input type="text" id="new-key" readonly value=(key);
-                    button type="button" data-copy="new-key" { "Copy" }
-                }
+                (copy_field("new-key", key))
             }
         }
         section.card {
@@ -80,27 +78,16 @@ async fn keys_page(
             } }
         } }
     };
-    Ok(Shell {
-        title: "API keys",
-        key_name: &session.key_name,
-        csrf,
-        section: "api-keys",
-    }
-    .render(content))
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    notice: Option<String>,
+    Ok(Shell::signed_in("API keys", session, "api-keys").render(content))
 }
 
 pub async fn list(
     state: web::Data<AppState>,
     req: HttpRequest,
-    query: web::Query<ListQuery>,
+    query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&req, &state).await?;
-    let notice = (query.notice.as_deref() == Some("revoked")).then_some("The key was revoked.");
+    let notice = query.text("revoked", "The key was revoked.");
     Ok(html_page(
         keys_page(&state, &session, None, None, notice).await?,
     ))
@@ -123,11 +110,7 @@ pub async fn create(
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let refuse = |state: web::Data<AppState>, session: ConsoleSession, why: String| async move {
         let page = keys_page(&state, &session, None, Some(&why), None).await?;
-        Ok::<_, ConsoleError>(
-            HttpResponse::build(StatusCode::BAD_REQUEST)
-                .content_type("text/html; charset=utf-8")
-                .body(page.into_string()),
-        )
+        Ok::<_, ConsoleError>(html_answer(StatusCode::BAD_REQUEST, page))
     };
     let Ok(role) = form.role.parse::<ApiKeyRole>() else {
         return refuse(state, session, "Role: choose token or admin.".into()).await;
@@ -174,9 +157,7 @@ pub async fn create(
                 None,
             )
             .await?;
-            Ok(HttpResponse::Created()
-                .content_type("text/html; charset=utf-8")
-                .body(page.into_string()))
+            Ok(html_answer(StatusCode::CREATED, page))
         }
         Err(ApiKeyError::Invalid { field, message }) => {
             refuse(state, session, format!("{field}: {message}")).await
@@ -185,28 +166,20 @@ pub async fn create(
     }
 }
 
-#[derive(Deserialize)]
-pub struct RevokeForm {
-    csrf: Option<String>,
-}
-
 pub async fn revoke(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<RevokeForm>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id: i64 = path
         .parse()
         .map_err(|_| ConsoleError::NotFound("That is not an API key id.".into()))?;
-    let result = match state.api_keys().revoke(id).await {
-        Ok(true) => Ok(redirect("/console/api-keys?notice=revoked")),
-        Ok(false) => Err(ConsoleError::NotFound(format!(
-            "API key {id} does not exist or is already revoked."
-        ))),
-        Err(e) => Err(e.into()),
-    };
+    let result = found(state.api_keys().revoke(id).await, || {
+        format!("API key {id} does not exist or is already revoked.")
+    })
+    .map(|()| redirect("/console/api-keys?notice=revoked"));
     audit(&state, &session.key_name, AuditAction::ApiKeyRevoke)
         .target(format!("api key {id}"))
         .finish(result)

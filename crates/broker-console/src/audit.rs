@@ -10,8 +10,7 @@ use maud::html;
 use serde::Deserialize;
 
 use crate::error::ConsoleError;
-use crate::layout::{self, Shell};
-use crate::overview::html_page;
+use crate::layout::{self, Shell, html_page};
 use crate::session::signed_in;
 
 /// A console action about to be recorded.
@@ -149,12 +148,6 @@ pub async fn page(
         }
     };
     Ok(html_page(
-        Shell {
-            title: "Audit log",
-            key_name: &session.key_name,
-            csrf: &session.csrf_token,
-            section: "audit",
-        }
-        .render(content),
+        Shell::signed_in("Audit log", &session, "audit").render(content),
     ))
 }

@@ -45,6 +45,19 @@ via_api_error!(
     broker_service::api_keys::ApiKeyError,
 );
 
+/// The result of a delete or revoke that reports whether its target existed: `NotFound`
+/// saying `missing` when there was nothing to act on.
+pub fn found<E: Into<ConsoleError>>(
+    done: Result<bool, E>,
+    missing: impl FnOnce() -> String,
+) -> Result<(), ConsoleError> {
+    match done {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ConsoleError::NotFound(missing())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl std::fmt::Display for ConsoleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (title, _) = self.explain();

@@ -1,8 +1,12 @@
-//! The page shell (navigation, sign-out form), state badges with words, and times shown
-//! relative and absolute.
+//! The page shell (navigation, sign-out form), HTML answers, state badges with words, a
+//! value to copy, and times shown relative and absolute.
 
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use broker_service::console::ConsoleSession;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
 
 /// A signed-in page: navigation, the signed-in key's name and the sign-out form.
 pub struct Shell<'a> {
@@ -34,7 +38,19 @@ fn head(title: &str) -> Markup {
     }
 }
 
-impl Shell<'_> {
+impl<'a> Shell<'a> {
+    /// The shell of a page for the operator signed in with `session`, under the navigation
+    /// entry `section`.
+    pub fn signed_in(title: &'a str, session: &'a ConsoleSession, section: &'a str) -> Self {
+        Self {
+            title,
+            key_name: &session.key_name,
+            csrf: &session.csrf_token,
+            section,
+        }
+    }
+
+    /// The whole page around `content`.
     pub fn render(&self, content: Markup) -> Markup {
         html! {
             (DOCTYPE)
@@ -155,6 +171,41 @@ pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
         format!("in {amount}")
     } else {
         format!("{amount} ago")
+    }
+}
+
+/// A page as the answer, `200 OK`.
+pub fn html_page(markup: Markup) -> HttpResponse {
+    html_answer(StatusCode::OK, markup)
+}
+
+/// A page as the answer, with `status` (`201` after a creation, `400` for a form to correct).
+pub fn html_answer(status: StatusCode, markup: Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// A read-only field holding `value` (a key, a secret, a link) and a button that copies it.
+pub fn copy_field(input_id: &str, value: &str) -> Markup {
+    html! {
+        div.copy {
+            input type="text" id=(input_id) readonly value=(value);
+            button type="button" data-copy=(input_id) { "Copy" }
+        }
+    }
+}
+
+/// `?notice=CODE`: the notice an action's redirect asks the page to show.
+#[derive(Deserialize)]
+pub struct NoticeQuery {
+    pub notice: Option<String>,
+}
+
+impl NoticeQuery {
+    /// `text` when the code is `code` (fixed texts: nothing from the address is shown).
+    pub fn text(&self, code: &str, text: &'static str) -> Option<&'static str> {
+        (self.notice.as_deref() == Some(code)).then_some(text)
     }
 }
 

@@ -4,16 +4,21 @@
 //! API (`broker_api::AppState` accessors).
 //!
 //! `session.rs` sign-in, the session cookie and the CSRF check; `error.rs` error pages that
-//! say what to do; `layout.rs` the page shell, badges and times; one file per area:
-//! `overview.rs`, `tenants.rs` (list, tenant page and its actions, registration by hand),
-//! `api_keys.rs`, `webhooks.rs`, `audit.rs` (every action's entry, and the log's page); `assets/` the CSS and the small copy-button script.
+//! say what to do; `layout.rs` the page shell, HTML answers, badges and times; one file per
+//! page: `overview.rs`, `tenants.rs` (the list), `tenant.rs` (a tenant's page) with
+//! `tenant_actions.rs` (its actions), `register.rs` (registration by hand), `api_keys.rs`,
+//! `webhooks.rs`, `audit.rs` (every action's entry, and the log's page); `assets/` the CSS
+//! and the small copy-button script.
 
 mod api_keys;
 mod audit;
 mod error;
 mod layout;
 mod overview;
+mod register;
 mod session;
+mod tenant;
+mod tenant_actions;
 mod tenants;
 mod webhooks;
 
@@ -62,28 +67,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/sign-in", web::post().to(session::sign_in))
             .route("/sign-out", web::post().to(session::sign_out))
             .route("/tenants", web::get().to(tenants::list))
-            .route("/register", web::get().to(tenants::register_page))
-            .route("/register", web::post().to(tenants::register))
-            .route("/tenants/{provet_id}", web::get().to(tenants::page))
+            .route("/register", web::get().to(register::register_page))
+            .route("/register", web::post().to(register::register))
+            .route("/tenants/{provet_id}", web::get().to(tenant::page))
             .route(
                 "/tenants/{provet_id}/discovery",
-                web::post().to(tenants::rerun_discovery),
+                web::post().to(tenant_actions::rerun_discovery),
             )
             .route(
                 "/tenants/{provet_id}/verify",
-                web::post().to(tenants::verify),
+                web::post().to(tenant_actions::verify),
             )
             .route(
                 "/tenants/{provet_id}/connect-link",
-                web::post().to(tenants::connect_link),
+                web::post().to(tenant_actions::connect_link),
             )
             .route(
                 "/tenants/{provet_id}/revoke-grant",
-                web::post().to(tenants::revoke_grant),
+                web::post().to(tenant_actions::revoke_grant),
             )
             .route(
                 "/tenants/{provet_id}/remove",
-                web::post().to(tenants::remove),
+                web::post().to(tenant_actions::remove),
             )
             .route("/api-keys", web::get().to(api_keys::list))
             .route("/api-keys", web::post().to(api_keys::create))

@@ -6,7 +6,7 @@ use broker_service::console::Attention;
 use maud::{Markup, html};
 
 use crate::error::ConsoleError;
-use crate::layout::{self, Shell};
+use crate::layout::{self, Shell, html_page};
 use crate::session::signed_in;
 
 fn count(n: i64) -> Markup {
@@ -109,18 +109,6 @@ pub async fn page(
         }
     };
     Ok(html_page(
-        Shell {
-            title: "Overview",
-            key_name: &session.key_name,
-            csrf: &session.csrf_token,
-            section: "overview",
-        }
-        .render(content),
+        Shell::signed_in("Overview", &session, "overview").render(content),
     ))
-}
-
-pub fn html_page(markup: Markup) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(markup.into_string())
 }

@@ -12,19 +12,12 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::audit::audit;
-use crate::error::ConsoleError;
-use crate::layout::{self, Shell, csrf_field, maybe_time, state_badge};
-use crate::overview::html_page;
-use crate::session::{checked, redirect, signed_in};
-
-fn shell<'a>(title: &'a str, session: &'a ConsoleSession) -> Shell<'a> {
-    Shell {
-        title,
-        key_name: &session.key_name,
-        csrf: &session.csrf_token,
-        section: "webhooks",
-    }
-}
+use crate::error::{ConsoleError, found};
+use crate::layout::{
+    self, NoticeQuery, Shell, copy_field, csrf_field, html_answer, html_page, maybe_time,
+    state_badge,
+};
+use crate::session::{CsrfForm, checked, redirect, signed_in};
 
 async fn list_page(
     state: &AppState,
@@ -42,10 +35,7 @@ async fn list_page(
             section.card.once id="created-webhook" {
                 h2 { "Webhook " (id) " registered" }
                 p { strong { "Copy the signing secret now: it is shown this once." } " Receivers verify each delivery's " code { "webhook-signature" } " with it." }
-                div.copy {
-                    input type="text" id="new-secret" readonly value=(secret);
-                    button type="button" data-copy="new-secret" { "Copy" }
-                }
+                (copy_field("new-secret", secret))
             }
         }
         section.card {
@@ -76,12 +66,7 @@ async fn list_page(
             } }
         }
     };
-    Ok(shell("Webhooks", session).render(content))
-}
-
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    notice: Option<String>,
+    Ok(Shell::signed_in("Webhooks", session, "webhooks").render(content))
 }
 
 pub async fn list(
@@ -90,7 +75,7 @@ pub async fn list(
     query: web::Query<NoticeQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = signed_in(&req, &state).await?;
-    let notice = (query.notice.as_deref() == Some("deleted")).then_some("The webhook was deleted.");
+    let notice = query.text("deleted", "The webhook was deleted.");
     Ok(html_page(
         list_page(&state, &session, None, &[], notice).await?,
     ))
@@ -145,16 +130,12 @@ pub async fn create(
                 None,
             )
             .await?;
-            Ok(HttpResponse::Created()
-                .content_type("text/html; charset=utf-8")
-                .body(page.into_string()))
+            Ok(html_answer(StatusCode::CREATED, page))
         }
         Err(WebhookError::Invalid(errors)) => {
             let errors: Vec<_> = errors.into_iter().map(|e| (e.field, e.message)).collect();
             let page = list_page(&state, &session, None, &errors, None).await?;
-            Ok(HttpResponse::build(StatusCode::BAD_REQUEST)
-                .content_type("text/html; charset=utf-8")
-                .body(page.into_string()))
+            Ok(html_answer(StatusCode::BAD_REQUEST, page))
         }
         Err(WebhookError::Store(e)) => Err(e.into()),
     }
@@ -182,8 +163,7 @@ pub async fn page(
     let deliveries = state.webhooks().deliveries(id, None, 100).await?;
     let now = state.clock().now();
     let csrf = &session.csrf_token;
-    let notice = (query.notice.as_deref() == Some("retried"))
-        .then_some("An attempt was made now; its outcome is below.");
+    let notice = query.text("retried", "An attempt was made now; its outcome is below.");
     let title = format!("Webhook {id}");
     let content = html! {
         h1 { "Webhook " (id) " " (state_badge(hook.state.as_str())) }
@@ -225,29 +205,23 @@ pub async fn page(
             } }
         }
     };
-    Ok(html_page(shell(&title, &session).render(content)))
-}
-
-#[derive(Deserialize)]
-pub struct ActionForm {
-    csrf: Option<String>,
+    Ok(html_page(
+        Shell::signed_in(&title, &session, "webhooks").render(content),
+    ))
 }
 
 pub async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<ActionForm>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let id = webhook_id(&path)?;
-    let result = match state.webhooks().delete(id).await {
-        Ok(true) => Ok(redirect("/console/webhooks?notice=deleted")),
-        Ok(false) => Err(ConsoleError::NotFound(format!(
-            "Webhook {id} does not exist."
-        ))),
-        Err(e) => Err(e.into()),
-    };
+    let result = found(state.webhooks().delete(id).await, || {
+        format!("Webhook {id} does not exist.")
+    })
+    .map(|()| redirect("/console/webhooks?notice=deleted"));
     audit(&state, &session.key_name, AuditAction::WebhookDelete)
         .target(format!("webhook {id}"))
         .finish(result)
@@ -258,7 +232,7 @@ pub async fn retry(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: web::Form<ActionForm>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
     let session = checked(&req, &state, form.csrf.as_deref()).await?;
     let (id, event_id) = path.into_inner();

@@ -4,9 +4,11 @@
 //! - `states.rs`: every stored or shown state as an enum (tenant status, client and grant
 //!   type, signing algorithm, API-key role, credentials, discovery and grant states, hookup
 //!   and delivery outcomes, delivery source), each with its one spelling.
-//! - `hookup.rs`: the hookup message and its one parser (parse = validate).
+//! - `hookup.rs`: the hookup message; `hookup/parser.rs` its one parser (parse = validate).
 //! - `hookup_decision.rs`: what a valid hookup does to a tenant's stored state, decided
 //!   without I/O (registered / updated / unchanged, what changed, what to revoke).
+//! - `events.rs`: the event types the outbox carries, and `api_base_url`.
+//! - `webhooks.rs`: a webhook's URL (parsed, link-local refused) and the events it selects.
 //! - `audit.rs`: one audit-log entry (who did which admin action to what, and how it ended).
 //! - `tenant.rs`: `ProvetId`.
 //! - `hosts.rs`: which upstream hosts and URLs are acceptable.

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
-    AccessMode, ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
-    IsolationLevel, PaginatorTrait, QueryOrder, Statement, TransactionTrait,
+    AccessMode, ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    IntoActiveModel, IsolationLevel, PaginatorTrait, QueryOrder, Statement, TransactionTrait,
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -146,94 +146,94 @@ fn key_hash_aad(id: i64) -> String {
     format!("export.api_keys.key_hash:{id}")
 }
 
+/// Every exported row, read in `tx`, secrets as stored.
+async fn read_dump(tx: &DatabaseTransaction) -> Result<Dump> {
+    Ok(Dump {
+        tenants: tenant_rows(tx).await?,
+        clients: client::Entity::find()
+            .order_by_asc(client::Column::Id)
+            .all(tx)
+            .await?,
+        departments: department::Entity::find()
+            .order_by_asc(department::Column::ProvetId)
+            .order_by_asc(department::Column::DepartmentId)
+            .all(tx)
+            .await?,
+        discovery: discovery_rows(tx).await?,
+        grants: grant::Entity::find()
+            .order_by_asc(grant::Column::ProvetId)
+            .all(tx)
+            .await?,
+        tokens: token::Entity::find()
+            .order_by_asc(token::Column::ProvetId)
+            .all(tx)
+            .await?,
+        api_keys: api_key::Entity::find()
+            .order_by_asc(api_key::Column::Id)
+            .all(tx)
+            .await?,
+        settings: setting::Entity::find()
+            .order_by_asc(setting::Column::Name)
+            .all(tx)
+            .await?,
+        webhooks: webhook::Entity::find()
+            .order_by_asc(webhook::Column::Id)
+            .all(tx)
+            .await?,
+        hookup_deliveries: hookup_delivery::Entity::find()
+            .order_by_asc(hookup_delivery::Column::Id)
+            .all(tx)
+            .await?,
+        audit_log: audit_entry::Entity::find()
+            .order_by_asc(audit_entry::Column::Id)
+            .all(tx)
+            .await?,
+    })
+}
+
+/// The tenants with their event sequences (a column the entity leaves out).
+async fn tenant_rows(tx: &DatabaseTransaction) -> Result<Vec<TenantRow>> {
+    let sequences: BTreeMap<i64, i64> = tx
+        .query_all_raw(Statement::from_string(
+            tx.get_database_backend(),
+            "SELECT provet_id, event_sequence FROM tenants",
+        ))
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
+        .collect::<Result<_, sea_orm::DbErr>>()?;
+    Ok(tenant::Entity::find()
+        .order_by_asc(tenant::Column::ProvetId)
+        .all(tx)
+        .await?
+        .into_iter()
+        .map(|tenant| TenantRow {
+            event_sequence: sequences.get(&tenant.provet_id).copied().unwrap_or(0),
+            tenant,
+        })
+        .collect())
+}
+
+/// The discovery rows without their leases: a lease names a process of the old deployment.
+async fn discovery_rows(tx: &DatabaseTransaction) -> Result<Vec<discovery::Model>> {
+    Ok(discovery::Entity::find()
+        .order_by_asc(discovery::Column::ProvetId)
+        .all(tx)
+        .await?
+        .into_iter()
+        .map(|d| discovery::Model {
+            lease_owner: None,
+            lease_expires_at: None,
+            ..d
+        })
+        .collect())
+}
+
 impl Store {
     /// Reads every exported row in one snapshot and seals its secrets under `seal`.
     pub async fn export(&self, seal: &Keyring) -> Result<Dump> {
-        let postgres = self.db.is_postgres();
-        // One snapshot for the whole dump: on PostgreSQL a repeatable-read transaction
-        // (read committed would let a concurrent hookup land between two tables); a SQLite
-        // read transaction in WAL mode is one already.
-        let tx = if postgres {
-            self.db
-                .main
-                .begin_with_config(
-                    Some(IsolationLevel::RepeatableRead),
-                    Some(AccessMode::ReadOnly),
-                )
-                .await?
-        } else {
-            self.db.main.begin().await?
-        };
-        let sequences: BTreeMap<i64, i64> = tx
-            .query_all_raw(Statement::from_string(
-                tx.get_database_backend(),
-                "SELECT provet_id, event_sequence FROM tenants",
-            ))
-            .await?
-            .into_iter()
-            .map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
-            .collect::<Result<_, sea_orm::DbErr>>()?;
-        let mut dump = Dump {
-            tenants: tenant::Entity::find()
-                .order_by_asc(tenant::Column::ProvetId)
-                .all(&tx)
-                .await?
-                .into_iter()
-                .map(|tenant| TenantRow {
-                    event_sequence: sequences.get(&tenant.provet_id).copied().unwrap_or(0),
-                    tenant,
-                })
-                .collect(),
-            clients: client::Entity::find()
-                .order_by_asc(client::Column::Id)
-                .all(&tx)
-                .await?,
-            departments: department::Entity::find()
-                .order_by_asc(department::Column::ProvetId)
-                .order_by_asc(department::Column::DepartmentId)
-                .all(&tx)
-                .await?,
-            discovery: discovery::Entity::find()
-                .order_by_asc(discovery::Column::ProvetId)
-                .all(&tx)
-                .await?
-                .into_iter()
-                // A lease names a process of the old deployment.
-                .map(|d| discovery::Model {
-                    lease_owner: None,
-                    lease_expires_at: None,
-                    ..d
-                })
-                .collect(),
-            grants: grant::Entity::find()
-                .order_by_asc(grant::Column::ProvetId)
-                .all(&tx)
-                .await?,
-            tokens: token::Entity::find()
-                .order_by_asc(token::Column::ProvetId)
-                .all(&tx)
-                .await?,
-            api_keys: api_key::Entity::find()
-                .order_by_asc(api_key::Column::Id)
-                .all(&tx)
-                .await?,
-            settings: setting::Entity::find()
-                .order_by_asc(setting::Column::Name)
-                .all(&tx)
-                .await?,
-            webhooks: webhook::Entity::find()
-                .order_by_asc(webhook::Column::Id)
-                .all(&tx)
-                .await?,
-            hookup_deliveries: hookup_delivery::Entity::find()
-                .order_by_asc(hookup_delivery::Column::Id)
-                .all(&tx)
-                .await?,
-            audit_log: audit_entry::Entity::find()
-                .order_by_asc(audit_entry::Column::Id)
-                .all(&tx)
-                .await?,
-        };
+        let tx = self.snapshot().await?;
+        let mut dump = read_dump(&tx).await?;
         tx.commit().await?;
         dump.reseal(&self.keyring, |a| a.to_owned(), seal, export_aad)?;
         // Only a SHA-256 of each API key is stored, and a hash of a 256-bit random key
@@ -243,6 +243,23 @@ impl Store {
             k.key_hash = seal.seal(&key_hash_aad(k.id), &k.key_hash);
         }
         Ok(dump)
+    }
+
+    /// A transaction that sees one state of every table: on PostgreSQL a read-only
+    /// repeatable-read transaction (read committed would let a concurrent hookup land between
+    /// two tables); a SQLite read transaction in WAL mode is one already.
+    async fn snapshot(&self) -> Result<DatabaseTransaction> {
+        Ok(if self.db.is_postgres() {
+            self.db
+                .main
+                .begin_with_config(
+                    Some(IsolationLevel::RepeatableRead),
+                    Some(AccessMode::ReadOnly),
+                )
+                .await?
+        } else {
+            self.db.main.begin().await?
+        })
     }
 
     /// Loads a dump into this (migrated, empty) database in one transaction, its secrets

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use broker_domain::{HookupMessage, HostAllowlist, UrlPolicy};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -27,6 +27,28 @@ async fn store(dir: &tempfile::TempDir, keyring: Keyring) -> Store {
     .unwrap();
     store.migrate().await.unwrap();
     store
+}
+
+/// Applies a hookup as Provet delivers it; answers its outcome.
+async fn hookup(s: &Store, m: &HookupMessage, now: DateTime<Utc>) -> HookupOutcome {
+    s.tenants()
+        .apply_hookup(m, broker_domain::DeliverySource::Hookup, now)
+        .await
+        .unwrap()
+        .outcome
+}
+
+/// Tenant 7's client secret as the token broker opens it.
+async fn stored_secret(s: &Store) -> String {
+    s.tokens()
+        .token_client(7)
+        .await
+        .unwrap()
+        .unwrap()
+        .client_secret
+        .unwrap()
+        .expose_secret()
+        .to_owned()
 }
 
 fn key() -> MasterKey {
@@ -57,57 +79,19 @@ async fn hookup_outcomes_follow_what_changed() {
     let s = store(&dir, Keyring::new(key(), vec![])).await;
     let now = Utc::now();
     let m = message("a", "secret-one", json!({"departments": [1, 2]}));
-    assert_eq!(
-        s.tenants()
-            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, now)
-            .await
-            .unwrap()
-            .outcome,
-        HookupOutcome::Registered
-    );
-    assert_eq!(
-        s.tenants()
-            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, now)
-            .await
-            .unwrap()
-            .outcome,
-        HookupOutcome::Unchanged
-    );
+    assert_eq!(hookup(&s, &m, now).await, HookupOutcome::Registered);
+    assert_eq!(hookup(&s, &m, now).await, HookupOutcome::Unchanged);
     let m2 = message("a", "secret-one", json!({"added_department": 3}));
-    assert_eq!(
-        s.tenants()
-            .apply_hookup(&m2, broker_domain::DeliverySource::Hookup, now)
-            .await
-            .unwrap()
-            .outcome,
-        HookupOutcome::Updated
-    );
+    assert_eq!(hookup(&s, &m2, now).await, HookupOutcome::Updated);
     assert_eq!(
         s.tenants().tenant(7).await.unwrap().unwrap().departments,
         [1, 2, 3]
     );
     let m3 = message("b", "secret-two", json!({}));
-    assert_eq!(
-        s.tenants()
-            .apply_hookup(&m3, broker_domain::DeliverySource::Hookup, now)
-            .await
-            .unwrap()
-            .outcome,
-        HookupOutcome::Updated
-    );
+    assert_eq!(hookup(&s, &m3, now).await, HookupOutcome::Updated);
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.client.unwrap().client_id, "b");
-    assert_eq!(
-        s.tokens()
-            .token_client(7)
-            .await
-            .unwrap()
-            .unwrap()
-            .client_secret
-            .unwrap()
-            .expose_secret(),
-        "secret-two"
-    );
+    assert_eq!(stored_secret(&s).await, "secret-two");
     assert_eq!(s.tenants().deliveries(7, None, 10).await.unwrap().len(), 4);
 }
 
@@ -117,14 +101,7 @@ async fn rekey_reseals_under_the_new_key() {
     let old_b64 = MasterKey::generate_base64();
     let old = || MasterKey::from_base64(&old_b64).unwrap();
     let s = store(&dir, Keyring::new(old(), vec![])).await;
-    s.tenants()
-        .apply_hookup(
-            &message("a", "secret-one", json!({})),
-            broker_domain::DeliverySource::Hookup,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    hookup(&s, &message("a", "secret-one", json!({})), Utc::now()).await;
     s.settings()
         .secret_setting_or_insert("hookup_secret", || "hs".to_owned().into(), Utc::now())
         .await
@@ -147,17 +124,7 @@ async fn rekey_reseals_under_the_new_key() {
             already_current: 2
         }
     );
-    assert_eq!(
-        s.tokens()
-            .token_client(7)
-            .await
-            .unwrap()
-            .unwrap()
-            .client_secret
-            .unwrap()
-            .expose_secret(),
-        "secret-one"
-    );
+    assert_eq!(stored_secret(&s).await, "secret-one");
 }
 
 /// Statements that put a value outside its state's set: each must fail.
@@ -190,14 +157,12 @@ const VALID: [&str; 5] = [
 
 async fn bogus_states_are_refused(s: &Store) {
     use sea_orm::ConnectionTrait;
-    s.tenants()
-        .apply_hookup(
-            &message("a", "secret-one", json!({"departments": [4]})),
-            broker_domain::DeliverySource::Hookup,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    hookup(
+        s,
+        &message("a", "secret-one", json!({"departments": [4]})),
+        Utc::now(),
+    )
+    .await;
     for sql in BOGUS {
         assert!(s.db.main.execute_unprepared(sql).await.is_err(), "{sql}");
     }
@@ -237,22 +202,12 @@ async fn sqlite_refuses_unknown_states_and_the_rebuild_keeps_rows() {
         .await
         .unwrap();
     let m = message("b", "secret-two", json!({"departments": [1, 2]}));
-    s.tenants()
-        .apply_hookup(&m, broker_domain::DeliverySource::Hookup, Utc::now())
-        .await
-        .unwrap();
+    hookup(&s, &m, Utc::now()).await;
     s.migrate().await.unwrap();
     let t = s.tenants().tenant(7).await.unwrap().unwrap();
     assert_eq!(t.departments, [1, 2]);
     assert_eq!(t.client.unwrap().client_id, "b");
-    assert_eq!(
-        s.tenants()
-            .apply_hookup(&m, broker_domain::DeliverySource::Hookup, Utc::now())
-            .await
-            .unwrap()
-            .outcome,
-        HookupOutcome::Unchanged
-    );
+    assert_eq!(hookup(&s, &m, Utc::now()).await, HookupOutcome::Unchanged);
     // The indexes are back.
     let indexes =
         s.db.main

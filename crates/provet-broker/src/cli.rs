@@ -1,25 +1,34 @@
-//! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `rekey`,
-//! `hookup-url`, `healthcheck`, `completions`.
+//! The command line: `serve` (the default), `migrate`, `api-key`, `tenants`, `discovery`,
+//! `rekey`, `hookup-url`, `healthcheck`, `completions`, `export`, `import`.
+//!
+//! Here the arguments (clap), `migrate`, `rekey` and `hookup-url`; one file per larger
+//! command: `api_keys.rs`, `tenants.rs` (`list`, `show`) with `tenants_add.rs` and
+//! `tenants_remove.rs`, `discovery.rs`, `healthcheck.rs` (the readiness probe); `audit.rs`
+//! the audit entries commands leave. `export` and `import` are `crate::export`.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use broker_api::UseCases;
-use broker_api::views::{ApiKeyView, DiscoveryView, TenantView};
 use broker_domain::{
-    ApiKeyRole, AuditAction, AuditOutcome, CredentialsState, DiscoveryState, GrantState, GrantType,
-    ProvetId, TenantStatus,
+    ApiKeyRole, AuditAction, CredentialsState, DiscoveryState, GrantState, GrantType, ProvetId,
+    TenantStatus,
 };
-use broker_service::TenantFilter;
 use broker_service::hookup::HookupSecrets;
-use broker_service::tenants::Rerun;
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::cli_audit;
 use crate::config::Settings;
 use crate::startup::{Application, open_existing_store, open_store};
+
+mod api_keys;
+pub(crate) mod audit;
+mod discovery;
+mod healthcheck;
+mod tenants;
+mod tenants_add;
+mod tenants_remove;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -194,16 +203,16 @@ impl Cli {
             }
             Command::Migrate => migrate(&settings).await,
             Command::Rekey => rekey(&settings).await,
-            Command::ApiKey(cmd) => api_key(&settings, cmd).await,
+            Command::ApiKey(cmd) => api_keys::run(&settings, cmd).await,
             Command::Discovery(DiscoveryCommand::Rerun {
                 provet_id,
                 failed,
                 all,
-            }) => rerun_discovery(&settings, provet_id, failed, all).await,
-            Command::Tenants(cmd) => tenants(&settings, cmd).await,
+            }) => discovery::rerun(&settings, provet_id, failed, all).await,
+            Command::Tenants(cmd) => tenants::run(&settings, cmd).await,
             Command::HookupUrl => print_hookup_url(&settings).await,
             Command::Healthcheck { url, timeout } => {
-                crate::healthcheck::run(&settings, url.as_deref(), timeout).await
+                healthcheck::run(&settings, url.as_deref(), timeout).await
             }
             Command::Completions { shell } => {
                 print_completions(shell);
@@ -231,7 +240,7 @@ async fn print_hookup_url(settings: &Settings) -> anyhow::Result<()> {
         .context("server.public_url must be an absolute URL")?;
     // Read-only: never creates the database, migrates or generates a master key.
     let store = if settings.hookup.secret.expose_secret().is_empty() {
-        Some(crate::startup::open_existing_store(settings).await?)
+        Some(open_existing_store(settings).await?)
     } else {
         None
     };
@@ -277,8 +286,8 @@ async fn rekey(settings: &Settings) -> anyhow::Result<()> {
         store.clone(),
         std::sync::Arc::new(broker_service::SystemClock),
     );
-    let outcome = cli_audit::outcome(&report);
-    cli_audit::record(
+    let outcome = audit::outcome(&report);
+    audit::record(
         &audit,
         AuditAction::Rekey,
         None,
@@ -302,217 +311,8 @@ fn role_parser() -> impl TypedValueParser<Value = ApiKeyRole> {
         .try_map(|s| s.parse::<ApiKeyRole>())
 }
 
-async fn api_key(settings: &Settings, cmd: ApiKeyCommand) -> anyhow::Result<()> {
-    let use_cases = if matches!(cmd, ApiKeyCommand::List) {
-        read_only_use_cases(settings).await?
-    } else {
-        offline_use_cases(settings).await?
-    };
-    match cmd {
-        ApiKeyCommand::Create {
-            name,
-            role,
-            tenants,
-        } => {
-            if role == ApiKeyRole::Admin && !tenants.is_empty() {
-                bail!(
-                    "--tenant cannot be used with --role admin: admin keys are never tenant-scoped (create a --role token key for those tenants)"
-                );
-            }
-            let tenants =
-                (!tenants.is_empty()).then(|| tenants.into_iter().map(ProvetId::get).collect());
-            let created = use_cases
-                .api_keys
-                .create(&name, role, tenants)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"));
-            let target = match &created {
-                Ok(c) => format!("api key {} ({})", c.record.id, c.record.name),
-                Err(_) => format!("name {name}"),
-            };
-            let outcome = cli_audit::outcome(&created);
-            cli_audit::record(
-                &use_cases.audit,
-                AuditAction::ApiKeyCreate,
-                None,
-                Some(target),
-                outcome,
-            )
-            .await;
-            let created = created?;
-            eprintln!(
-                "created API key {} ({}, role {}); it is shown once, below:",
-                created.record.id, created.record.name, created.record.role
-            );
-            println!("{}", created.key.expose_secret());
-        }
-        ApiKeyCommand::List => {
-            for key in use_cases.api_keys.list().await? {
-                println!("{}", serde_json::to_string(&ApiKeyView::from(key))?);
-            }
-        }
-        ApiKeyCommand::Revoke { id } => {
-            let revoked = use_cases.api_keys.revoke(id).await;
-            let outcome = match &revoked {
-                Ok(true) => AuditOutcome::Ok,
-                Ok(false) => AuditOutcome::Refused,
-                Err(_) => AuditOutcome::Failed,
-            };
-            cli_audit::record(
-                &use_cases.audit,
-                AuditAction::ApiKeyRevoke,
-                None,
-                Some(format!("api key {id}")),
-                outcome,
-            )
-            .await;
-            if !revoked? {
-                bail!("no live API key with id {id}");
-            }
-            eprintln!("revoked API key {id}");
-        }
-    }
-    Ok(())
-}
-
-async fn rerun_discovery(
-    settings: &Settings,
-    provet_id: Option<ProvetId>,
-    failed: bool,
-    all: bool,
-) -> anyhow::Result<()> {
-    let use_cases = offline_use_cases(settings).await?;
-    if let Some(id) = provet_id {
-        let record = use_cases
-            .discovery
-            .discover_now(id.get())
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r.with_context(|| format!("tenant {id} has no discovery URL")));
-        let outcome = cli_audit::outcome(&record);
-        cli_audit::record(
-            &use_cases.audit,
-            AuditAction::TenantDiscovery,
-            Some(id.get()),
-            None,
-            outcome,
-        )
-        .await;
-        let record = record?;
-        let failed = record.state == broker_domain::DiscoveryState::Failed;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&DiscoveryView::from_record(Some(record)))?
-        );
-        if failed {
-            bail!("discovery for tenant {id} failed");
-        }
-        return Ok(());
-    }
-    let which = if all {
-        Rerun::All
-    } else if failed {
-        Rerun::Failed
-    } else {
-        Rerun::Stale
-    };
-    let scheduled = use_cases
-        .tenant_admin
-        .schedule_discovery(which)
-        .await
-        .map_err(anyhow::Error::from);
-    let outcome = cli_audit::outcome(&scheduled);
-    let filter = match which {
-        Rerun::All => "all",
-        Rerun::Failed => "failed",
-        Rerun::Stale => "stale",
-    };
-    cli_audit::record(
-        &use_cases.audit,
-        AuditAction::DiscoveryRerun,
-        None,
-        Some(format!("filter {filter}")),
-        outcome,
-    )
-    .await;
-    let scheduled = scheduled?;
-    eprintln!("discovery: {scheduled} tenant(s) scheduled");
-    let done = use_cases
-        .discovery
-        .discover_due(|done| eprintln!("discovery: {done}/{scheduled} run here"))
-        .await?;
-    let counts = use_cases.discovery.state_counts().await?;
-    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
-    println!(
-        "discovery: ran {done} here; tenants now {}",
-        summary.join(" ")
-    );
-    Ok(())
-}
-
-async fn tenants(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()> {
-    let use_cases = if matches!(cmd, TenantsCommand::Add { .. }) {
-        offline_use_cases(settings).await?
-    } else {
-        read_only_use_cases(settings).await?
-    };
-    match cmd {
-        TenantsCommand::List {
-            status,
-            credentials,
-            grant_state,
-            grant_type,
-            discovery,
-            limit,
-            output,
-        } => {
-            let output = output.unwrap_or_else(Output::for_stdout);
-            let mut printer = crate::cli_tenants::Printer::new(output, std::io::stdout().lock())?;
-            let mut after = None;
-            let mut left = limit;
-            while left > 0 {
-                let page = use_cases
-                    .tenant_admin
-                    .tenants(&TenantFilter {
-                        status,
-                        credentials,
-                        grant_state,
-                        grant_type,
-                        discovery,
-                        after,
-                        limit: left.min(500),
-                    })
-                    .await?;
-                let Some(last) = page.last().map(|t| t.provet_id) else {
-                    break;
-                };
-                left = left.saturating_sub(page.len() as u64);
-                for t in page {
-                    printer.tenant(&TenantView::from(t))?;
-                }
-                after = Some(last);
-            }
-            printer.finish()?;
-        }
-        TenantsCommand::Add { file } => {
-            crate::tenants_add::run(&use_cases.hookups, &use_cases.audit, file.as_deref()).await?;
-        }
-        TenantsCommand::Show { provet_id } => {
-            let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&TenantView::from(tenant))?
-            );
-        }
-        TenantsCommand::Remove { provet_id, yes } => {
-            crate::tenants_remove::run(&use_cases, provet_id, yes).await?;
-        }
-    }
-    Ok(())
-}
-
 /// The use cases without the HTTP server, for commands run beside (or instead of) the daemon.
-async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
+pub(super) async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
     let store = open_store(settings).await?;
     store.migrate().await?;
     // Commands never answer hookups: a throwaway secret keeps the URL closed.
@@ -525,7 +325,7 @@ async fn offline_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
 
 /// The use cases over an existing, migrated database, for commands that only read: nothing
 /// is created or migrated (see `open_existing_store`).
-async fn read_only_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
+pub(super) async fn read_only_use_cases(settings: &Settings) -> anyhow::Result<UseCases> {
     let store = open_existing_store(settings).await?;
     crate::startup::use_cases(
         settings,

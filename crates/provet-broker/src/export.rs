@@ -228,7 +228,7 @@ pub async fn import(settings: &Settings, args: ImportArgs) -> anyhow::Result<()>
     // The import is audited in the database it filled; an export only reads (it may run as a
     // read-only database user), so it leaves no entry.
     let audit = broker_service::AuditLog::new(store.clone(), std::sync::Arc::new(SystemClock));
-    crate::cli_audit::record(
+    crate::cli::audit::record(
         &audit,
         broker_domain::AuditAction::Import,
         None,

@@ -91,14 +91,7 @@ pub async fn start_authorization(
     daemon: &Daemon,
     admin: &str,
 ) -> std::collections::HashMap<String, String> {
-    let (status, started) = daemon
-        .send(
-            reqwest::Method::POST,
-            "/v1/tenants/7/authorizations",
-            Some(admin),
-            None,
-        )
-        .await;
+    let (status, started) = daemon.start_authorization(admin, 7, None).await;
     assert_eq!(status, 200, "{started}");
     url::Url::parse(started["authorize_url"].as_str().expect("url"))
         .expect("url")

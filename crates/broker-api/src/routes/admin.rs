@@ -28,7 +28,8 @@ pub fn provet_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::InvalidRequest(format!("provet_id {e}")))
 }
 
-fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
+/// A `limit` query parameter: 1 to 500, 50 when absent.
+pub(crate) fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -36,6 +37,26 @@ fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
             "limit must be from 1 to {MAX_PAGE}"
         ))),
     }
+}
+
+/// Runs an admin action on the tenant a `{provet_id}` segment names, and records it in the
+/// audit log with its outcome.
+async fn on_tenant<T, E: Into<ApiError>>(
+    state: &AppState,
+    caller: &Caller,
+    path: &str,
+    action: AuditAction,
+    run: impl AsyncFnOnce(i64) -> Result<T, E>,
+) -> Result<T, ApiError> {
+    let id = provet_id(path)?;
+    let result = run(id).await;
+    caller.audit(action).tenant(id).finish(state, result).await
+}
+
+/// Parses an `{id}` path segment (an API key's, a webhook's).
+pub(crate) fn integer_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))
 }
 
 /// A `{provet_id}` path segment (documentation only: handlers parse it with `provet_id`, so
@@ -206,17 +227,14 @@ pub async fn remove_tenant(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let removed = state
-        .tenant_admin()
-        .remove(id)
-        .await
-        .map_err(ApiError::from);
-    let tenant = caller
-        .audit(AuditAction::TenantRemove)
-        .tenant(id)
-        .finish(&state, removed)
-        .await?;
+    let tenant = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantRemove,
+        async |id| state.tenant_admin().remove(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant)))
 }
 
@@ -246,19 +264,23 @@ pub async fn create_api_key(
             .map_err(|e: broker_domain::UnknownState| {
                 ApiError::invalid_field("role", e.to_string())
             })?;
-        Ok(state
-            .api_keys()
-            .create(&body.name, role, body.tenants)
-            .await?)
+        Ok::<_, ApiError>(
+            state
+                .api_keys()
+                .create(&body.name, role, body.tenants)
+                .await?,
+        )
     }
     .await;
-    let audit = caller.audit(AuditAction::ApiKeyCreate);
-    let audit = match (&created, name) {
-        (Ok(c), _) => audit.target(format!("api key {} ({})", c.record.id, c.record.name)),
-        (Err(_), Some(name)) => audit.target(format!("name {name}")),
-        (Err(_), None) => audit,
+    let target = match &created {
+        Ok(c) => Some(format!("api key {} ({})", c.record.id, c.record.name)),
+        Err(_) => name.map(|name| format!("name {name}")),
     };
-    let created = audit.finish(&state, created).await?;
+    let created = caller
+        .audit(AuditAction::ApiKeyCreate)
+        .maybe_target(target)
+        .finish(&state, created)
+        .await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
         api_key: ApiKeyView::from(created.record),
         key: created.key.expose_secret().to_owned(),
@@ -299,9 +321,7 @@ pub async fn revoke_api_key(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id: i64 = path
-        .parse()
-        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))?;
+    let id = integer_id(&path)?;
     let revoked = crate::audit::no_content_if_found(state.api_keys().revoke(id).await);
     caller
         .audit(AuditAction::ApiKeyRevoke)
@@ -326,17 +346,14 @@ pub async fn rerun_tenant_discovery(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let rerun = state
-        .tenant_admin()
-        .rediscover(id)
-        .await
-        .map_err(ApiError::from);
-    let record = caller
-        .audit(AuditAction::TenantDiscovery)
-        .tenant(id)
-        .finish(&state, rerun)
-        .await?;
+    let record = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantDiscovery,
+        async |id| state.tenant_admin().rediscover(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(DiscoveryView::from_record(record)))
 }
 
@@ -373,12 +390,11 @@ pub async fn rerun_discovery(
         Ok(state.tenant_admin().schedule_discovery(which).await?)
     }
     .await;
-    let audit = caller.audit(AuditAction::DiscoveryRerun);
-    let audit = match filter {
-        Some(f) => audit.target(format!("filter {f}")),
-        None => audit,
-    };
-    let scheduled = audit.finish(&state, scheduled).await?;
+    let scheduled = caller
+        .audit(AuditAction::DiscoveryRerun)
+        .maybe_target(filter.map(|f| format!("filter {f}")))
+        .finish(&state, scheduled)
+        .await?;
     Ok(HttpResponse::Accepted().json(RerunScheduled { scheduled }))
 }
 
@@ -398,17 +414,14 @@ pub async fn verify_tenant(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = provet_id(&path)?;
-    let verified = state
-        .tenant_admin()
-        .verify(id)
-        .await
-        .map_err(ApiError::from);
-    let tenant = caller
-        .audit(AuditAction::TenantVerify)
-        .tenant(id)
-        .finish(&state, verified)
-        .await?;
+    let tenant = on_tenant(
+        &state,
+        &caller,
+        &path,
+        AuditAction::TenantVerify,
+        async |id| state.tenant_admin().verify(id).await,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(TenantView::from(tenant).credentials))
 }
 

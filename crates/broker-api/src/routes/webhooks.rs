@@ -15,6 +15,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::openapi::{BadRequest, NotFound, PayloadTooLarge, RequestTimeout};
 use crate::problem::ApiError;
+use crate::routes::admin::{integer_id, page_size};
 use broker_domain::{DeliveryState, WebhookState};
 
 /// An event type a webhook subscribes to, or `*` for every type.
@@ -33,9 +34,6 @@ impl utoipa::PartialSchema for WebhookEventName {
 }
 
 impl ToSchema for WebhookEventName {}
-
-const DEFAULT_PAGE: u64 = 50;
-const MAX_PAGE: u64 = 500;
 
 /// A webhook to register.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -145,12 +143,6 @@ pub struct DeliveryQuery {
     before: Option<i64>,
 }
 
-fn webhook_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::InvalidRequest("id must be an integer".into()))
-}
-
-/// `evt_` and 16 hex digits, as in the envelope.
 /// An event's id as the feed spells it (`evt_` and 16 hex digits), or its plain number.
 fn event_id(raw: &str) -> Result<i64, ApiError> {
     let parsed = match raw.strip_prefix("evt_") {
@@ -207,12 +199,15 @@ pub async fn create(
     }
     .await;
     // The id only: a webhook URL may carry a receiver's token in its query.
-    let audit = caller.audit(AuditAction::WebhookCreate);
-    let audit = match &created {
-        Ok(c) => audit.target(format!("webhook {}", c.record.id)),
-        Err(_) => audit,
-    };
-    let created = audit.finish(&state, created).await?;
+    let target = created
+        .as_ref()
+        .ok()
+        .map(|c| format!("webhook {}", c.record.id));
+    let created = caller
+        .audit(AuditAction::WebhookCreate)
+        .maybe_target(target)
+        .finish(&state, created)
+        .await?;
     Ok(HttpResponse::Created().json(CreatedWebhook {
         webhook: WebhookView::from(created.record),
         secret: created.secret.expose_secret().to_owned(),
@@ -252,7 +247,7 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = webhook_id(&path)?;
+    let id = integer_id(&path)?;
     let deleted = crate::audit::no_content_if_found(state.webhooks().delete(id).await);
     caller
         .audit(AuditAction::WebhookDelete)
@@ -279,16 +274,8 @@ pub async fn deliveries(
     query: web::Query<DeliveryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let id = webhook_id(&path)?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "limit must be from 1 to {MAX_PAGE}"
-            )));
-        }
-    };
+    let id = integer_id(&path)?;
+    let limit = page_size(query.limit)?;
     if state.webhooks().get(id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
@@ -323,7 +310,7 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let (id, event) = path.into_inner();
-    let (id, event) = (webhook_id(&id)?, event_id(&event)?);
+    let (id, event) = (integer_id(&id)?, event_id(&event)?);
     let retried = match state.webhooks().retry(id, event, state.clock().now()).await {
         Ok(ManualRetry::NotFound) => Err(ApiError::NotFound),
         Ok(ManualRetry::InFlight(d)) => {

@@ -1,13 +1,92 @@
-//! How `tenants list` prints: JSON lines (the views `tenants show` prints), or a table for
-//! people, one line per tenant.
+//! `provet-broker tenants list|show|add|remove`; here `list` (paged through, printed as JSON
+//! lines, the views `tenants show` prints, or a table for people, one line per tenant) and
+//! `show`; `tenants_add.rs` and `tenants_remove.rs` the other two.
 
 use std::io::Write;
 
+use broker_api::UseCases;
 use broker_api::views::TenantView;
 use broker_domain::GrantState;
+use broker_service::TenantFilter;
 use tabwriter::TabWriter;
 
-use crate::cli::Output;
+use super::{Output, TenantsCommand, offline_use_cases, read_only_use_cases};
+use crate::config::Settings;
+
+pub(super) async fn run(settings: &Settings, cmd: TenantsCommand) -> anyhow::Result<()> {
+    let use_cases = if matches!(cmd, TenantsCommand::Add { .. }) {
+        offline_use_cases(settings).await?
+    } else {
+        read_only_use_cases(settings).await?
+    };
+    match cmd {
+        TenantsCommand::List {
+            status,
+            credentials,
+            grant_state,
+            grant_type,
+            discovery,
+            limit,
+            output,
+        } => {
+            let filter = TenantFilter {
+                status,
+                credentials,
+                grant_state,
+                grant_type,
+                discovery,
+                ..Default::default()
+            };
+            let output = output.unwrap_or_else(Output::for_stdout);
+            list(&use_cases, filter, limit, output).await?;
+        }
+        TenantsCommand::Add { file } => {
+            super::tenants_add::run(&use_cases.hookups, &use_cases.audit, file.as_deref()).await?;
+        }
+        TenantsCommand::Show { provet_id } => {
+            let tenant = use_cases.tenant_admin.tenant(provet_id.get()).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&TenantView::from(tenant))?
+            );
+        }
+        TenantsCommand::Remove { provet_id, yes } => {
+            super::tenants_remove::run(&use_cases, provet_id, yes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints up to `limit` tenants that pass `filter`, fetched page by page.
+async fn list(
+    use_cases: &UseCases,
+    filter: TenantFilter,
+    limit: u64,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut printer = Printer::new(output, std::io::stdout().lock())?;
+    let mut after = None;
+    let mut left = limit;
+    while left > 0 {
+        let page = use_cases
+            .tenant_admin
+            .tenants(&TenantFilter {
+                after,
+                limit: left.min(500),
+                ..filter.clone()
+            })
+            .await?;
+        let Some(last) = page.last().map(|t| t.provet_id) else {
+            break;
+        };
+        left = left.saturating_sub(page.len() as u64);
+        for t in page {
+            printer.tenant(&TenantView::from(t))?;
+        }
+        after = Some(last);
+    }
+    printer.finish()
+}
 
 const HEADER: [&str; 9] = [
     "PROVET_ID",

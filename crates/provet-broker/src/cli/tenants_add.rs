@@ -24,7 +24,7 @@ pub async fn run(
         Err(HookupError::Invalid(_)) => (None, AuditOutcome::Refused),
         Err(_) => (None, AuditOutcome::Failed),
     };
-    crate::cli_audit::record(audit, AuditAction::TenantRegister, provet_id, None, outcome).await;
+    crate::cli::audit::record(audit, AuditAction::TenantRegister, provet_id, None, outcome).await;
     match registered {
         Ok(receipt) => {
             println!(

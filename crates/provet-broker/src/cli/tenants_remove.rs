@@ -10,7 +10,7 @@ use broker_api::views::TenantView;
 use broker_domain::{AuditAction, AuditOutcome, ProvetId};
 use broker_service::tenants::TenantAdminError;
 
-use crate::cli_audit;
+use crate::cli::audit;
 
 pub async fn run(use_cases: &UseCases, provet_id: ProvetId, yes: bool) -> anyhow::Result<()> {
     let id = provet_id.get();
@@ -45,7 +45,7 @@ pub async fn run(use_cases: &UseCases, provet_id: ProvetId, yes: bool) -> anyhow
         Err(TenantAdminError::TenantNotFound(_)) => AuditOutcome::Refused,
         Err(_) => AuditOutcome::Failed,
     };
-    cli_audit::record(
+    audit::record(
         &use_cases.audit,
         AuditAction::TenantRemove,
         Some(id),

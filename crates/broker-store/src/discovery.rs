@@ -281,30 +281,7 @@ pub(crate) async fn sync_discovery(
     if existing.as_ref().is_some_and(|d| d.discovery_url == url) {
         return Ok(());
     }
-    let row = discovery::ActiveModel {
-        provet_id: Set(provet_id),
-        discovery_url: Set(url.to_owned()),
-        state: Set(DiscoveryState::Pending),
-        issuer: Set(None),
-        document: Set(None),
-        token_endpoint: Set(None),
-        authorization_endpoint: Set(None),
-        jwks_uri: Set(None),
-        userinfo_endpoint: Set(None),
-        revocation_endpoint: Set(None),
-        auth_methods: Set(None),
-        jwks: Set(None),
-        jwks_fetched_at: Set(None),
-        jwks_expires_at: Set(None),
-        warnings: Set(None),
-        fetched_at: Set(None),
-        last_attempt_at: Set(None),
-        next_due_at: Set(now),
-        attempts: Set(0),
-        last_error: Set(None),
-        lease_owner: Set(None),
-        lease_expires_at: Set(None),
-    };
+    let row = pending_discovery(provet_id, url, now);
     discovery::Entity::insert(row)
         .on_conflict(
             OnConflict::column(discovery::Column::ProvetId)
@@ -467,4 +444,36 @@ fn leased(owner: &str, job: &DiscoveryJob) -> sea_orm::Select<discovery::Entity>
     discovery::Entity::find_by_id(job.provet_id)
         .filter(discovery::Column::LeaseOwner.eq(owner))
         .filter(discovery::Column::DiscoveryUrl.eq(job.discovery_url.as_str()))
+}
+
+/// A discovery row for a new URL: due now, nothing known yet.
+pub(crate) fn pending_discovery(
+    provet_id: i64,
+    url: &str,
+    now: DateTime<Utc>,
+) -> discovery::ActiveModel {
+    discovery::ActiveModel {
+        provet_id: Set(provet_id),
+        discovery_url: Set(url.to_owned()),
+        state: Set(DiscoveryState::Pending),
+        issuer: Set(None),
+        document: Set(None),
+        token_endpoint: Set(None),
+        authorization_endpoint: Set(None),
+        jwks_uri: Set(None),
+        userinfo_endpoint: Set(None),
+        revocation_endpoint: Set(None),
+        auth_methods: Set(None),
+        jwks: Set(None),
+        jwks_fetched_at: Set(None),
+        jwks_expires_at: Set(None),
+        warnings: Set(None),
+        fetched_at: Set(None),
+        last_attempt_at: Set(None),
+        next_due_at: Set(now),
+        attempts: Set(0),
+        last_error: Set(None),
+        lease_owner: Set(None),
+        lease_expires_at: Set(None),
+    }
 }

@@ -68,49 +68,116 @@ pub async fn lock_tenant(db: &impl ConnectionTrait, provet_id: i64) -> Result<()
     Ok(())
 }
 
+/// `lock_tenant` for several tenants, in provet_id order, in one statement.
+pub(crate) async fn lock_tenants(
+    db: &impl ConnectionTrait,
+    provet_ids: impl IntoIterator<Item = i64>,
+) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let ids: Vec<String> = provet_ids.into_iter().map(|id| id.to_string()).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Integers only (formatted from i64), so the list is safe inline.
+    db.execute_unprepared(&format!(
+        "SELECT provet_id FROM tenants WHERE provet_id IN ({}) ORDER BY provet_id FOR UPDATE",
+        ids.join(",")
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Bumps each tenant's event counter by one, in one statement; answers the new values.
+pub(crate) async fn next_sequences(
+    db: &impl ConnectionTrait,
+    provet_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>> {
+    if provet_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sequence_col = Alias::new("event_sequence");
+    let provet_id = Alias::new("provet_id");
+    let bump = Query::update()
+        .table(Alias::new("tenants"))
+        .value(sequence_col.clone(), Expr::col(sequence_col.clone()).add(1))
+        .and_where(Expr::col(provet_id.clone()).is_in(provet_ids.iter().copied()))
+        .returning(Query::returning().columns([provet_id, sequence_col]))
+        .to_owned();
+    db.query_all(&bump)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
+        .collect()
+}
+
 /// Writes one event in the caller's transaction, with the tenant's next sequence number.
 pub async fn append(db: &impl ConnectionTrait, event: &NewEvent) -> Result<()> {
+    let sequence = next_sequence(db, event.provet_id).await?;
+    insert_numbered(db, &[(event, sequence)]).await
+}
+
+/// Bumps the tenant's event counter; answers the new value.
+async fn next_sequence(db: &impl ConnectionTrait, provet_id: i64) -> Result<i64> {
     let sequence_col = Alias::new("event_sequence");
     let bump = Query::update()
         .table(Alias::new("tenants"))
         .value(sequence_col.clone(), Expr::col(sequence_col.clone()).add(1))
-        .and_where(Expr::col(Alias::new("provet_id")).eq(event.provet_id))
+        .and_where(Expr::col(Alias::new("provet_id")).eq(provet_id))
         .returning_col(sequence_col)
         .to_owned();
-    let sequence: i64 = db
+    Ok(db
         .query_one(&bump)
         .await?
         .ok_or_else(|| {
             StoreError::Corrupt(format!(
-                "an event for tenant {} without a tenant row",
-                event.provet_id
+                "an event for tenant {provet_id} without a tenant row"
             ))
         })?
-        .try_get_by_index(0)?;
-    let xid = match db.get_database_backend() {
-        DbBackend::Postgres => Expr::cust(CURRENT_XID),
-        _ => Expr::val(0i64),
-    };
-    let insert = Query::insert()
-        .into_table(event::Entity)
-        .columns([
-            event::Column::Xid,
-            event::Column::ProvetId,
-            event::Column::Sequence,
-            event::Column::EventType,
-            event::Column::OccurredAt,
-            event::Column::Data,
-        ])
-        .values_panic([
-            xid,
-            event.provet_id.into(),
-            sequence.into(),
-            event.event_type.as_str().into(),
-            event.occurred_at.into(),
-            event.data.to_string().into(),
-        ])
-        .to_owned();
-    db.execute(&insert).await?;
+        .try_get_by_index(0)?)
+}
+
+/// Rows per multi-row insert: well inside both backends' limits on bound parameters.
+pub(crate) const ROWS_PER_INSERT: usize = 500;
+
+/// Writes events whose per-tenant sequence numbers the caller already counted on the
+/// tenants' rows (a new tenant's row is created with its counter set), in as few statements
+/// as the rows need.
+pub(crate) async fn insert_numbered(
+    db: &impl ConnectionTrait,
+    events: &[(&NewEvent, i64)],
+) -> Result<()> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert()
+            .into_table(event::Entity)
+            .columns([
+                event::Column::Xid,
+                event::Column::ProvetId,
+                event::Column::Sequence,
+                event::Column::EventType,
+                event::Column::OccurredAt,
+                event::Column::Data,
+            ])
+            .to_owned();
+        for (event, sequence) in chunk {
+            let xid = match db.get_database_backend() {
+                DbBackend::Postgres => Expr::cust(CURRENT_XID),
+                _ => Expr::val(0i64),
+            };
+            insert.values_panic([
+                xid,
+                event.provet_id.into(),
+                (*sequence).into(),
+                event.event_type.as_str().into(),
+                event.occurred_at.into(),
+                event.data.to_string().into(),
+            ]);
+        }
+        if !chunk.is_empty() {
+            db.execute(&insert).await?;
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,11 @@ use crate::Result;
 use crate::events::{NewEvent, append};
 
 /// The events of one decision (none for an unchanged message).
-fn events_of(msg: &HookupMessage, decision: &HookupDecision, now: DateTime<Utc>) -> Vec<NewEvent> {
+pub(crate) fn events_of(
+    msg: &HookupMessage,
+    decision: &HookupDecision,
+    now: DateTime<Utc>,
+) -> Vec<NewEvent> {
     let provet_id = msg.provet_id.get();
     let event = |event_type, data| NewEvent::new(provet_id, event_type, data, now);
     match decision.outcome {

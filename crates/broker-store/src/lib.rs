@@ -39,6 +39,7 @@ pub mod events;
 mod export;
 mod fleet;
 mod grants;
+mod group_commit;
 mod hookup_events;
 mod hookups;
 mod records;

@@ -1,6 +1,8 @@
 //! Events of state transitions (credentials, grants, discovery): written only when a state
 //! changes, in the transaction that saves the new state.
 
+use std::collections::BTreeMap;
+
 use broker_domain::{CredentialsState, DiscoveryState, EventType, GrantState};
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -8,7 +10,7 @@ use serde_json::json;
 
 use crate::Result;
 use crate::entity::client;
-use crate::events::{NewEvent, append};
+use crate::events::{NewEvent, append, insert_numbered, next_sequences};
 
 /// The credential event that saving `new_state` for the client would mean, read before the
 /// write: `None` when the state stays as it is (or is not one that has an event).
@@ -32,6 +34,57 @@ pub(crate) async fn credentials_transition(
     Ok(current
         .filter(|c| c.credentials_state != new_state)
         .map(|_| event))
+}
+
+/// Of the clients whose credentials a batch of saves found accepted (tenant -> client id),
+/// the tenants whose current client was not `ok` before: their state turns, with an event.
+pub(crate) async fn credentials_turning_ok(
+    db: &impl ConnectionTrait,
+    checked: &BTreeMap<i64, (&str, DateTime<Utc>)>,
+) -> Result<Vec<i64>> {
+    let current = client::Entity::find()
+        .filter(client::Column::ProvetId.is_in(checked.keys().copied()))
+        .filter(client::Column::IsCurrent.eq(true))
+        .all(db)
+        .await?;
+    Ok(current
+        .into_iter()
+        .filter(|c| {
+            c.credentials_state != CredentialsState::Ok
+                && checked
+                    .get(&c.provet_id)
+                    .is_some_and(|(client_id, _)| *client_id == c.client_id)
+        })
+        .map(|c| c.provet_id)
+        .collect())
+}
+
+/// The `credentials.ok` events of the tenants `credentials_turning_ok` found, written
+/// together.
+pub(crate) async fn credentials_ok(
+    db: &impl ConnectionTrait,
+    turned: &[i64],
+    checked: &BTreeMap<i64, (&str, DateTime<Utc>)>,
+) -> Result<Vec<EventType>> {
+    let sequences = next_sequences(db, turned).await?;
+    let events: Vec<NewEvent> = turned
+        .iter()
+        .filter_map(|id| {
+            let (_, at) = checked.get(id)?;
+            Some(NewEvent::new(
+                *id,
+                EventType::CredentialsOk,
+                json!({ "upstream_error": null }),
+                *at,
+            ))
+        })
+        .collect();
+    let numbered: Vec<(&NewEvent, i64)> = events
+        .iter()
+        .filter_map(|e| Some((e, *sequences.get(&e.provet_id)?)))
+        .collect();
+    insert_numbered(db, &numbered).await?;
+    Ok(numbered.iter().map(|(e, _)| e.event_type).collect())
 }
 
 /// Writes the credential event of a transition. `error` is the broker's reason ("the

@@ -5,7 +5,9 @@ use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::OnConflict;
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryResult, Set, Statement,
 };
@@ -15,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto::aad;
 use crate::db::Db;
 use crate::entity::{client, discovery, tenant, token};
+use crate::group_commit::GroupCommit;
 use crate::records::{StoredToken, TokenClientRecord, TokenKey};
 use crate::{Keyring, Result, StoreError};
 
@@ -71,11 +74,23 @@ fn lock_key(key: &TokenKey) -> String {
 pub struct Tokens {
     db: Db,
     keyring: Arc<Keyring>,
+    /// Concurrent token saves, written together.
+    saves: Arc<GroupCommit<SaveJob>>,
 }
+
+/// Most saves in one transaction.
+const SAVES_PER_BATCH: usize = 128;
 
 impl Tokens {
     pub(crate) fn new(db: Db, keyring: Arc<Keyring>) -> Self {
-        Self { db, keyring }
+        // PostgreSQL writes a few batches at once (on the cache pool, which token leases
+        // share); SQLite has one writer.
+        let writers = if db.is_postgres() { 4 } else { 1 };
+        Self {
+            db,
+            keyring,
+            saves: Arc::new(GroupCommit::new(writers, SAVES_PER_BATCH)),
+        }
     }
 
     /// The current client of a tenant, its secret opened, with what discovery advertised.
@@ -213,7 +228,8 @@ impl Tokens {
     }
 
     /// Stores a fetched token (and, when it changed, the client's credential state) and
-    /// releases the lease, in one transaction on the cache pool.
+    /// releases the lease, in one transaction on the cache pool: with the saves of other
+    /// callers at the same moment (see `group_commit`).
     pub async fn save_token(
         &self,
         key: &TokenKey,
@@ -221,50 +237,16 @@ impl Tokens {
         lease: Option<&TokenLease>,
         credentials_ok: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let row = token_row(&self.keyring, key, token);
-        let _writer = self.db.sqlite_write_lock().await;
-        let tx = crate::events::begin_immediate(&self.db.cache).await?;
-        let mut transition = None;
-        if credentials_ok.is_some() {
-            crate::events::lock_tenant(&tx, key.provet_id).await?;
-            transition = crate::state_events::credentials_transition(
-                &tx,
-                key.provet_id,
-                &key.client_id,
-                CredentialsState::Ok,
-            )
-            .await?;
-        }
-        token::Entity::insert(row)
-            .on_conflict(token_upsert())
-            .exec_without_returning(&tx)
-            .await?;
-        let mut written = Vec::new();
-        if let Some(now) = credentials_ok {
-            written =
-                crate::state_events::credentials_changed(&tx, key.provet_id, transition, None, now)
-                    .await?;
-            client::Entity::update_many()
-                .col_expr(
-                    client::Column::CredentialsState,
-                    CredentialsState::Ok.into(),
-                )
-                .col_expr(client::Column::CredentialsCheckedAt, Some(now).into())
-                .col_expr(
-                    client::Column::CredentialsLastError,
-                    Option::<String>::None.into(),
-                )
-                .filter(client::Column::ProvetId.eq(key.provet_id))
-                .filter(client::Column::ClientId.eq(key.client_id.as_str()))
-                .exec(&tx)
-                .await?;
-        }
-        if let Some(lease) = lease {
-            release(&tx, lease).await?;
-        }
-        tx.commit().await?;
-        self.db.published(&written);
-        Ok(())
+        let job = SaveJob {
+            key: key.clone(),
+            row: token_row(&self.keyring, key, token),
+            lease: lease.cloned(),
+            credentials_ok,
+        };
+        let db = self.db.clone();
+        self.saves
+            .submit(job, move |jobs| save_batch(db.clone(), jobs))
+            .await
     }
 
     /// Takes the turn to ask the provider for `key` if nobody holds it (or the holder's
@@ -406,4 +388,134 @@ pub(crate) fn token_upsert() -> OnConflict {
         token::Column::GrantedScope,
     ])
     .to_owned()
+}
+
+/// One caller's token save.
+struct SaveJob {
+    key: TokenKey,
+    /// The token's row, its access token sealed.
+    row: token::ActiveModel,
+    lease: Option<TokenLease>,
+    /// The provider accepted the client's credentials at this time.
+    credentials_ok: Option<DateTime<Utc>>,
+}
+
+/// Writes a batch of saves in one transaction; if that fails for a reason other than the
+/// database being away, each save alone, so that one bad save fails alone.
+async fn save_batch(db: Db, jobs: Vec<SaveJob>) -> Vec<Result<()>> {
+    match write_saves(&db, &jobs).await {
+        Ok(()) => jobs.iter().map(|_| Ok(())).collect(),
+        Err(e) if jobs.len() == 1 || e.is_database_away() => {
+            jobs.iter().map(|_| Err(e.duplicate())).collect()
+        }
+        Err(_) => {
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                results.push(write_saves(&db, std::slice::from_ref(job)).await);
+            }
+            results
+        }
+    }
+}
+
+/// The tokens, the credential states that turned `ok` (each with its event) and the leases'
+/// release, in a few statements whatever the number of saves.
+async fn write_saves(db: &Db, jobs: &[SaveJob]) -> Result<()> {
+    // One row per key (the last save wins); keys and tenants in one order across batches,
+    // so that concurrent batches take row locks in the same order.
+    let mut rows: BTreeMap<(i64, &str, &str, &str), &SaveJob> = BTreeMap::new();
+    for job in jobs {
+        let k = &job.key;
+        rows.insert((k.provet_id, &k.client_id, &k.scope, &k.subject), job);
+    }
+    let checked: BTreeMap<i64, (&str, DateTime<Utc>)> = jobs
+        .iter()
+        .filter_map(|j| {
+            Some((
+                j.key.provet_id,
+                (j.key.client_id.as_str(), j.credentials_ok?),
+            ))
+        })
+        .collect();
+    let _writer = db.sqlite_write_lock().await;
+    let tx = crate::events::begin_immediate(&db.cache).await?;
+    let turned_ok = if checked.is_empty() {
+        Vec::new()
+    } else {
+        crate::events::lock_tenants(&tx, checked.keys().copied()).await?;
+        crate::state_events::credentials_turning_ok(&tx, &checked).await?
+    };
+    token::Entity::insert_many(rows.values().map(|j| j.row.clone()))
+        .on_conflict(token_upsert())
+        .exec_without_returning(&tx)
+        .await?;
+    let written = crate::state_events::credentials_ok(&tx, &turned_ok, &checked).await?;
+    if !checked.is_empty() {
+        let pairs = checked.iter().map(|(provet_id, (client_id, _))| {
+            Expr::tuple([Expr::val(*provet_id), Expr::val(*client_id)])
+        });
+        let at = checked.values().map(|(_, at)| *at).max();
+        client::Entity::update_many()
+            .col_expr(
+                client::Column::CredentialsState,
+                CredentialsState::Ok.into(),
+            )
+            .col_expr(client::Column::CredentialsCheckedAt, at.into())
+            .col_expr(
+                client::Column::CredentialsLastError,
+                Option::<String>::None.into(),
+            )
+            .filter(
+                Expr::tuple([
+                    Expr::col(client::Column::ProvetId),
+                    Expr::col(client::Column::ClientId),
+                ])
+                .is_in(pairs),
+            )
+            .exec(&tx)
+            .await?;
+    }
+    release_all(&tx, jobs.iter().filter_map(|j| j.lease.as_ref())).await?;
+    tx.commit().await?;
+    db.published(&written);
+    Ok(())
+}
+
+/// Ends several leases at once (see `release`).
+async fn release_all<'a, C: ConnectionTrait>(
+    db: &C,
+    leases: impl Iterator<Item = &'a TokenLease>,
+) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let held: Vec<Expr> = leases
+        .map(|l| {
+            Expr::tuple([
+                Expr::val(l.lock_key.as_str()),
+                Expr::val(l.owner.as_str()),
+                Expr::val(l.fence),
+            ])
+        })
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let update = Query::update()
+        .table(Alias::new("token_leases"))
+        .value(
+            Alias::new("expires_at"),
+            Expr::cust("now() - interval '1 second'"),
+        )
+        .and_where(
+            Expr::tuple([
+                Expr::col(Alias::new("lock_key")),
+                Expr::col(Alias::new("owner")),
+                Expr::col(Alias::new("fence")),
+            ])
+            .is_in(held),
+        )
+        .to_owned();
+    db.execute(&update).await?;
+    Ok(())
 }

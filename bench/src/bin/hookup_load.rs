@@ -56,6 +56,10 @@ struct Args {
     /// Skip the baseline with the check off.
     #[arg(long)]
     no_baseline: bool,
+    /// Any daemon setting other than the defaults, `BROKER_…=value` (repeatable). None by
+    /// default.
+    #[arg(long = "daemon-env", value_name = "NAME=VALUE", value_parser = broker_bench::daemon::parse_var)]
+    daemon_env: Vec<(String, String)>,
 }
 
 #[tokio::main]
@@ -94,6 +98,9 @@ async fn main() -> ExitCode {
 async fn run(args: &Args, backend: Backend, check: bool) -> anyhow::Result<(String, bool)> {
     let stub = TokenStub::start(1)?;
     let mut env = DaemonEnv::with_local_provider(&args.binary, backend).await?;
+    for (name, value) in &args.daemon_env {
+        env.set(name, value.clone());
+    }
     if !check {
         env.set("BROKER_TOKENS__VERIFY_ON_HOOKUP", "false");
     }

@@ -5,7 +5,7 @@ use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
@@ -85,7 +85,7 @@ impl Tokens {
     pub(crate) fn new(db: Db, keyring: Arc<Keyring>) -> Self {
         // PostgreSQL writes a few batches at once (on the cache pool, which token leases
         // share); SQLite has one writer.
-        let writers = if db.is_postgres() { 4 } else { 1 };
+        let writers = if db.is_postgres() { 2 } else { 1 };
         Self {
             db,
             keyring,
@@ -95,20 +95,51 @@ impl Tokens {
 
     /// The current client of a tenant, its secret opened, with what discovery advertised.
     pub async fn token_client(&self, provet_id: i64) -> Result<Option<TokenClientRecord>> {
-        let Some(t) = tenant::Entity::find_by_id(provet_id)
-            .one(&self.db.main)
+        Ok(self.token_clients(&[provet_id]).await?.pop())
+    }
+
+    /// `token_client` for several tenants in three queries (tenants without a current client
+    /// are left out).
+    pub async fn token_clients(&self, provet_ids: &[i64]) -> Result<Vec<TokenClientRecord>> {
+        let ids = provet_ids.iter().copied();
+        let tenants: HashMap<i64, tenant::Model> = tenant::Entity::find()
+            .filter(tenant::Column::ProvetId.is_in(ids.clone()))
+            .all(&self.db.main)
             .await?
-        else {
-            return Ok(None);
-        };
-        let Some(c) = client::Entity::find()
-            .filter(client::Column::ProvetId.eq(provet_id))
+            .into_iter()
+            .map(|t| (t.provet_id, t))
+            .collect();
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let clients = client::Entity::find()
+            .filter(client::Column::ProvetId.is_in(ids.clone()))
             .filter(client::Column::IsCurrent.eq(true))
-            .one(&self.db.main)
+            .all(&self.db.main)
+            .await?;
+        let mut discovered: HashMap<i64, discovery::Model> = discovery::Entity::find()
+            .filter(discovery::Column::ProvetId.is_in(ids))
+            .all(&self.db.main)
             .await?
-        else {
-            return Ok(None);
-        };
+            .into_iter()
+            .map(|d| (d.provet_id, d))
+            .collect();
+        clients
+            .into_iter()
+            .filter_map(|c| {
+                let status = tenants.get(&c.provet_id)?.status;
+                let discovered = discovered.remove(&c.provet_id);
+                Some(self.token_client_record(status, c, discovered))
+            })
+            .collect()
+    }
+
+    fn token_client_record(
+        &self,
+        tenant_status: TenantStatus,
+        c: client::Model,
+        discovered: Option<discovery::Model>,
+    ) -> Result<TokenClientRecord> {
         let secret = match &c.client_secret {
             Some(sealed) => Some(
                 self.keyring
@@ -116,17 +147,14 @@ impl Tokens {
             ),
             None => None,
         };
-        let discovered = discovery::Entity::find_by_id(provet_id)
-            .one(&self.db.main)
-            .await?;
         let auth_methods = discovered
             .as_ref()
             .and_then(|d| d.auth_methods.as_deref())
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default();
-        Ok(Some(TokenClientRecord {
-            provet_id,
-            tenant_status: t.status,
+        Ok(TokenClientRecord {
+            provet_id: c.provet_id,
+            tenant_status,
             client_id: c.client_id,
             client_secret: secret,
             client_type: c.client_type,
@@ -143,7 +171,7 @@ impl Tokens {
                 .as_ref()
                 .and_then(|d| d.revocation_endpoint.clone()),
             discovery_state: discovered.map(|d| d.state),
-        }))
+        })
     }
 
     /// Tenants whose current client_credentials client has not been checked yet.
@@ -292,10 +320,13 @@ impl Tokens {
         let stored = self.token_in_lease_row(key, &row)?;
         // Taking the lease may have waited for the previous holder's commit, which stored
         // its token after this statement's snapshot: read the token again, so a fresh one
-        // is never missed.
+        // is never missed. A first lease (fence 1: the row was created, no one held it
+        // before) has no previous holder, and tokens are stored under a lease (but for a
+        // grant's first token, stored by the connect flow: a refresh racing that commit
+        // asks the provider once more, with the grant it reads under the lease).
         let stored = match fence {
-            Some(_) => self.load_token(key).await?,
-            None => stored,
+            Some(fence) if fence > 1 => self.load_token(key).await?,
+            _ => stored,
         };
         Ok(LeaseAttempt {
             lease: fence.map(|fence| TokenLease {

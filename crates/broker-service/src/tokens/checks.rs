@@ -2,16 +2,26 @@
 //! after hookups (a queue with a fixed number of workers, and a sweep that picks up checks
 //! that could not run), and the keep-alive of idle grants.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker_domain::{CredentialsState, GrantType, TenantStatus};
+use broker_store::TokenClientRecord;
 use dashmap::DashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{TokenBroker, TokenBrokerError, TokenRequest};
+
+/// The background check runs only while the credentials are still unchecked (a token
+/// request may have settled them meanwhile).
+fn needs_check(c: &TokenClientRecord) -> bool {
+    c.tenant_status == TenantStatus::Active
+        && c.credentials_state == CredentialsState::Unchecked
+        && c.grant_type == GrantType::ClientCredentials
+}
 
 /// When idle grants are refreshed (`oauth.keepalive_*` in the configuration).
 #[derive(Clone, Copy, Debug)]
@@ -80,22 +90,51 @@ impl CredentialChecks {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(provet_id) = receiver.recv() => {
-                    let permit = tokio::select! {
-                        p = permits.clone().acquire_owned() => p,
-                        _ = stop.cancelled() => break,
-                    };
-                    let Ok(permit) = permit else { break };
-                    let (this, tokens) = (self.clone(), tokens.clone());
-                    running.spawn(async move {
-                        match tokens.check_if_unchecked(provet_id).await {
-                            Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
-                            Err(TokenBrokerError::TenantNotFound(_)) => {}
-                            Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
+                Some(first) = receiver.recv() => {
+                    // Whatever else is waiting, up to one per worker, has its clients read
+                    // in one go.
+                    let mut ids = vec![first];
+                    while ids.len() < concurrency.max(1) {
+                        match receiver.try_recv() {
+                            Ok(id) => ids.push(id),
+                            Err(_) => break,
                         }
-                        this.pending.remove(&provet_id);
-                        drop(permit);
-                    });
+                    }
+                    let clients = match tokens.store.tokens().token_clients(&ids).await {
+                        Ok(clients) => clients,
+                        Err(e) => {
+                            // Still unchecked in the database: the sweep finds them again.
+                            tracing::warn!(error = %e, checks = ids.len(), "could not read clients to check; checking them later");
+                            ids.iter().for_each(|id| { self.pending.remove(id); });
+                            continue;
+                        }
+                    };
+                    let mut due: HashMap<i64, TokenClientRecord> = clients
+                        .into_iter()
+                        .filter(needs_check)
+                        .map(|c| (c.provet_id, c))
+                        .collect();
+                    for provet_id in ids {
+                        let Some(client) = due.remove(&provet_id) else {
+                            self.pending.remove(&provet_id);
+                            continue;
+                        };
+                        let permit = tokio::select! {
+                            p = permits.clone().acquire_owned() => p,
+                            _ = stop.cancelled() => break,
+                        };
+                        let Ok(permit) = permit else { break };
+                        let (this, tokens) = (self.clone(), tokens.clone());
+                        running.spawn(async move {
+                            match tokens.verify_with(provet_id, Some(Arc::new(client))).await {
+                                Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
+                                Err(TokenBrokerError::TenantNotFound(_)) => {}
+                                Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
+                            }
+                            this.pending.remove(&provet_id);
+                            drop(permit);
+                        });
+                    }
                 }
                 _ = tick.tick() => {
                     if tokens.settings.verify_on_hookup {
@@ -141,21 +180,6 @@ impl TokenBroker {
                 Ok(n) => tracing::info!(refreshed = n, "keep-alive refreshed idle grants"),
                 Err(e) => tracing::warn!(error = %e, "keep-alive could not list grants"),
             }
-        }
-    }
-
-    /// The background check: only while the credentials are still unchecked (a token
-    /// request may have settled it meanwhile).
-    async fn check_if_unchecked(&self, provet_id: i64) -> Result<(), TokenBrokerError> {
-        match self.store.tokens().token_client(provet_id).await? {
-            Some(c)
-                if c.tenant_status == TenantStatus::Active
-                    && c.credentials_state == CredentialsState::Unchecked
-                    && c.grant_type == GrantType::ClientCredentials =>
-            {
-                self.verify_with(provet_id, Some(Arc::new(c))).await
-            }
-            _ => Ok(()),
         }
     }
 

@@ -18,7 +18,8 @@ use crate::entity::{authorization, grant, token};
 use crate::records::{
     AuthorizationRecord, GrantRecord, NewAuthorization, StoredToken, TakenAuthorization, TokenKey,
 };
-use crate::tokens::{release, token_row, token_upsert};
+use crate::token_leases::release_all;
+use crate::tokens::{token_row, token_upsert};
 use crate::{Keyring, Result, TokenLease};
 
 /// Authorizations in flight and clinic users' grants.
@@ -231,7 +232,7 @@ impl Grants {
                 .await?;
         }
         if let Some(lease) = lease {
-            release(&tx, lease).await?;
+            release_all(&tx, std::iter::once(lease)).await?;
         }
         tx.commit().await?;
         Ok(updated)

@@ -18,19 +18,20 @@ use tokio::sync::{Semaphore, oneshot};
 
 use crate::{Result, StoreError};
 
-/// One kind of write, gathered from concurrent callers.
-pub(crate) struct GroupCommit<J> {
-    queue: Mutex<VecDeque<Queued<J>>>,
+/// One kind of write (or statement), gathered from concurrent callers; each caller gets a
+/// `T` back.
+pub(crate) struct GroupCommit<J, T = ()> {
+    queue: Mutex<VecDeque<Queued<J, T>>>,
     writers: Arc<Semaphore>,
     max_batch: usize,
 }
 
-struct Queued<J> {
+struct Queued<J, T> {
     job: J,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<T>>,
 }
 
-impl<J: Send + 'static> GroupCommit<J> {
+impl<J: Send + 'static, T: Send + 'static> GroupCommit<J, T> {
     /// `writers` batches may be written at once (1 for SQLite's one writer).
     pub(crate) fn new(writers: usize, max_batch: usize) -> Self {
         Self {
@@ -42,10 +43,10 @@ impl<J: Send + 'static> GroupCommit<J> {
 
     /// Writes `job` with whatever else is queued, through `write`, which gets a batch and
     /// answers one result per job, in order.
-    pub(crate) async fn submit<F, Fut>(&self, job: J, write: F) -> Result<()>
+    pub(crate) async fn submit<F, Fut>(&self, job: J, write: F) -> Result<T>
     where
         F: Fn(Vec<J>) -> Fut,
-        Fut: Future<Output = Vec<Result<()>>> + Send + 'static,
+        Fut: Future<Output = Vec<Result<T>>> + Send + 'static,
     {
         let (done, mut answer) = oneshot::channel();
         self.lock().push_back(Queued { job, done });
@@ -59,7 +60,7 @@ impl<J: Send + 'static> GroupCommit<J> {
             if let Ok(result) = answer.try_recv() {
                 return result;
             }
-            let batch: Vec<Queued<J>> = {
+            let batch: Vec<Queued<J, T>> = {
                 let mut queue = self.lock();
                 let n = queue.len().min(self.max_batch);
                 queue.drain(..n).collect()
@@ -85,7 +86,7 @@ impl<J: Send + 'static> GroupCommit<J> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued<J>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued<J, T>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

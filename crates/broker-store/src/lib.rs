@@ -47,6 +47,7 @@ mod service_tenants;
 mod settings;
 mod state_events;
 mod tenants;
+mod token_leases;
 mod tokens;
 pub mod webhooks;
 
@@ -69,7 +70,8 @@ pub use grants::{GrantChange, Grants};
 pub use records::*;
 pub use settings::Settings;
 pub use tenants::Tenants;
-pub use tokens::{LeaseAttempt, TokenLease, Tokens};
+pub use token_leases::{LeaseAttempt, TokenLease};
+pub use tokens::Tokens;
 
 use connect::{pool_options, prepare_sqlite_folder, restrict_file, sqlite_file, usage};
 use db::Db;

@@ -1,5 +1,5 @@
-//! Cached access tokens, the credential state of clients, and the cross-replica lock that
-//! lets one request per token key reach the provider (`TokenLease`).
+//! Cached access tokens and the credential state of clients (the cross-replica lock that
+//! lets one request per token key reach the provider is in `token_leases`).
 
 use broker_domain::{CredentialsState, GrantType, TenantStatus};
 use std::sync::Arc;
@@ -7,75 +7,27 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryResult, Set, Statement,
-};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 
 use crate::crypto::aad;
 use crate::db::Db;
 use crate::entity::{client, discovery, tenant, token};
 use crate::group_commit::GroupCommit;
 use crate::records::{StoredToken, TokenClientRecord, TokenKey};
-use crate::{Keyring, Result, StoreError};
-
-/// Takes the lease of `$1` (for tenant `$2`, owner `$3`, `$4` ms) unless a live holder has
-/// it, and reads the stored token of (`$2`, `$5`, `$6`, `$7`) in the same statement: `fence`
-/// is null when the lease was not taken.
-const TAKE_LEASE_AND_READ_TOKEN: &str = r#"WITH lease AS (
-        INSERT INTO token_leases (lock_key, provet_id, owner, fence, expires_at)
-        VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4::double precision / 1000))
-        ON CONFLICT (lock_key) DO UPDATE
-            SET owner = EXCLUDED.owner, fence = token_leases.fence + 1,
-                expires_at = EXCLUDED.expires_at
-            WHERE token_leases.expires_at < now()
-        RETURNING fence)
-    SELECT (SELECT fence FROM lease) AS fence, t.access_token, t.token_type,
-           t.expires_at, t.obtained_at, t.granted_scope
-    FROM (SELECT 1) AS one
-    LEFT JOIN tokens t ON t.provet_id = $2 AND t.client_id = $5
-        AND t.scope = $6 AND t.subject = $7"#;
-
-/// One replica's turn to ask the provider for a token key (PostgreSQL). A row in
-/// `token_leases`, taken and released by single statements, so that no connection is held
-/// while the provider answers. It expires on its own after `ttl` (longer than the upstream
-/// timeout), which is how a dead replica's turn passes to another. The fence grows with
-/// every new holder. On SQLite (one process) the in-process single flight is the whole
-/// lock and this holds nothing.
-#[derive(Clone, Debug)]
-pub struct TokenLease {
-    lock_key: String,
-    owner: String,
-    fence: i64,
-}
-
-/// What an attempt to take the lease found.
-pub struct LeaseAttempt {
-    /// `Some` when this caller now holds the lease (always on SQLite).
-    pub lease: Option<TokenLease>,
-    /// The token stored for the key, read in the same statement.
-    pub stored: Option<StoredToken>,
-}
-
-fn lock_key(key: &TokenKey) -> String {
-    hex::encode(Sha256::digest(
-        format!(
-            "{}|{}|{}|{}",
-            key.provet_id, key.client_id, key.scope, key.subject
-        )
-        .as_bytes(),
-    ))
-}
+use crate::token_leases::{LEASES_PER_BATCH, LeaseAttempt, LeaseJob, TokenLease, release_all};
+use crate::{Keyring, Result};
 
 /// Cached access tokens, the credential state of clients, and the token lease.
 #[derive(Clone)]
 pub struct Tokens {
-    db: Db,
-    keyring: Arc<Keyring>,
+    pub(crate) db: Db,
+    pub(crate) keyring: Arc<Keyring>,
     /// Concurrent token saves, written together.
     saves: Arc<GroupCommit<SaveJob>>,
+    /// Concurrent attempts to take token leases (PostgreSQL), taken together.
+    pub(crate) leases: Arc<GroupCommit<LeaseJob, LeaseAttempt>>,
 }
 
 /// Most saves in one transaction.
@@ -90,6 +42,7 @@ impl Tokens {
             db,
             keyring,
             saves: Arc::new(GroupCommit::new(writers, SAVES_PER_BATCH)),
+            leases: Arc::new(GroupCommit::new(writers, LEASES_PER_BATCH)),
         }
     }
 
@@ -244,15 +197,7 @@ impl Tokens {
     }
 
     fn stored_token(&self, key: &TokenKey, row: token::Model) -> Result<StoredToken> {
-        Ok(StoredToken {
-            access_token: self
-                .keyring
-                .open(&aad::access_token(key), &row.access_token)?,
-            token_type: row.token_type,
-            expires_at: row.expires_at,
-            obtained_at: row.obtained_at,
-            granted_scope: row.granted_scope,
-        })
+        open_token(&self.keyring, key, row)
     }
 
     /// Stores a fetched token (and, when it changed, the client's credential state) and
@@ -276,113 +221,21 @@ impl Tokens {
             .submit(job, move |jobs| save_batch(db.clone(), jobs))
             .await
     }
-
-    /// Takes the turn to ask the provider for `key` if nobody holds it (or the holder's
-    /// lease ran out), and reads the stored token, in one statement. PostgreSQL only does
-    /// real work; on SQLite the caller's in-process single flight is the lock.
-    pub async fn try_token_lease(
-        &self,
-        key: &TokenKey,
-        owner: &str,
-        ttl: std::time::Duration,
-    ) -> Result<LeaseAttempt> {
-        if !self.db.is_postgres() {
-            return Ok(LeaseAttempt {
-                lease: Some(TokenLease {
-                    lock_key: String::new(),
-                    owner: owner.to_owned(),
-                    fence: 0,
-                }),
-                stored: self.load_token(key).await?,
-            });
-        }
-        let lock_key = lock_key(key);
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let row = self
-            .db
-            .cache
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                TAKE_LEASE_AND_READ_TOKEN,
-                [
-                    lock_key.clone().into(),
-                    key.provet_id.into(),
-                    owner.into(),
-                    ttl_ms.into(),
-                    key.client_id.clone().into(),
-                    key.scope.clone().into(),
-                    key.subject.clone().into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("the lease statement returned no row".into()))?;
-        let fence: Option<i64> = row.try_get("", "fence")?;
-        let stored = self.token_in_lease_row(key, &row)?;
-        // Taking the lease may have waited for the previous holder's commit, which stored
-        // its token after this statement's snapshot: read the token again, so a fresh one
-        // is never missed. A first lease (fence 1: the row was created, no one held it
-        // before) has no previous holder, and tokens are stored under a lease (but for a
-        // grant's first token, stored by the connect flow: a refresh racing that commit
-        // asks the provider once more, with the grant it reads under the lease).
-        let stored = match fence {
-            Some(fence) if fence > 1 => self.load_token(key).await?,
-            _ => stored,
-        };
-        Ok(LeaseAttempt {
-            lease: fence.map(|fence| TokenLease {
-                lock_key,
-                owner: owner.to_owned(),
-                fence,
-            }),
-            stored,
-        })
-    }
-
-    /// The stored token the lease statement read beside the fence, if there is one.
-    fn token_in_lease_row(&self, key: &TokenKey, row: &QueryResult) -> Result<Option<StoredToken>> {
-        let Some(access_token) = row.try_get::<Option<String>>("", "access_token")? else {
-            return Ok(None);
-        };
-        let model = token::Model {
-            provet_id: key.provet_id,
-            client_id: key.client_id.clone(),
-            scope: key.scope.clone(),
-            subject: key.subject.clone(),
-            access_token,
-            token_type: row.try_get("", "token_type")?,
-            expires_at: row.try_get("", "expires_at")?,
-            obtained_at: row.try_get("", "obtained_at")?,
-            granted_scope: row.try_get("", "granted_scope")?,
-        };
-        self.stored_token(key, model).map(Some)
-    }
-
-    /// Gives the turn back (when the provider failed, or a stored token did after all).
-    pub async fn release_token_lease(&self, lease: &TokenLease) -> Result<()> {
-        if !self.db.is_postgres() {
-            return Ok(());
-        }
-        release(&self.db.cache, lease).await
-    }
 }
 
-/// Ends a lease by making it expired; the row stays, so the fence keeps growing.
-pub(crate) async fn release<C: ConnectionTrait>(db: &C, lease: &TokenLease) -> Result<()> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE token_leases SET expires_at = now() - interval '1 second' \
-         WHERE lock_key = $1 AND owner = $2 AND fence = $3",
-        [
-            lease.lock_key.clone().into(),
-            lease.owner.clone().into(),
-            lease.fence.into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+/// A stored token, its access token opened.
+pub(crate) fn open_token(
+    keyring: &Keyring,
+    key: &TokenKey,
+    row: token::Model,
+) -> Result<StoredToken> {
+    Ok(StoredToken {
+        access_token: keyring.open(&aad::access_token(key), &row.access_token)?,
+        token_type: row.token_type,
+        expires_at: row.expires_at,
+        obtained_at: row.obtained_at,
+        granted_scope: row.granted_scope,
+    })
 }
 
 /// A token's row, its access token sealed.
@@ -509,44 +362,5 @@ async fn write_saves(db: &Db, jobs: &[SaveJob]) -> Result<()> {
     release_all(&tx, jobs.iter().filter_map(|j| j.lease.as_ref())).await?;
     tx.commit().await?;
     db.published(&written);
-    Ok(())
-}
-
-/// Ends several leases at once (see `release`).
-async fn release_all<'a, C: ConnectionTrait>(
-    db: &C,
-    leases: impl Iterator<Item = &'a TokenLease>,
-) -> Result<()> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    let held: Vec<Expr> = leases
-        .map(|l| {
-            Expr::tuple([
-                Expr::val(l.lock_key.as_str()),
-                Expr::val(l.owner.as_str()),
-                Expr::val(l.fence),
-            ])
-        })
-        .collect();
-    if held.is_empty() {
-        return Ok(());
-    }
-    let update = Query::update()
-        .table(Alias::new("token_leases"))
-        .value(
-            Alias::new("expires_at"),
-            Expr::cust("now() - interval '1 second'"),
-        )
-        .and_where(
-            Expr::tuple([
-                Expr::col(Alias::new("lock_key")),
-                Expr::col(Alias::new("owner")),
-                Expr::col(Alias::new("fence")),
-            ])
-            .is_in(held),
-        )
-        .to_owned();
-    db.execute(&update).await?;
     Ok(())
 }

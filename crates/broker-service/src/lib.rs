@@ -16,7 +16,8 @@
 //! | webhooks: registration, fan-out, signed delivery | `WebhookAdmin`, `WebhookWorker` | `webhooks/` |
 //! | readiness and metrics | `Operations` (metrics in `metrics.rs`) | `operations.rs` |
 //!
-//! `clock.rs` holds the one wall clock every use case reads time from.
+//! `clock.rs` holds the one wall clock every use case reads time from; `foreground.rs` counts
+//! the hookups in flight, for background work to give way to a burst.
 
 pub mod api_keys;
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod connect;
 pub mod console;
 pub mod discovery;
 pub mod events;
+pub mod foreground;
 pub mod hookup;
 pub mod metrics;
 pub mod operations;

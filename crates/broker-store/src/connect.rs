@@ -8,6 +8,9 @@ use sea_orm::{ConnectOptions, DatabaseConnection};
 
 use crate::{PoolUsage, Result, StoreError, StoreOptions};
 
+/// Prepared statements kept per PostgreSQL connection (sqlx's default is 100).
+const STATEMENT_CACHE: usize = 1024;
+
 pub(crate) fn pool_options(options: &StoreOptions, max: u32, durable: bool) -> ConnectOptions {
     let busy = options.busy_timeout;
     let mut connect = ConnectOptions::new(options.url.clone());
@@ -28,9 +31,16 @@ pub(crate) fn pool_options(options: &StoreOptions, max: u32, durable: bool) -> C
                 .foreign_keys(true)
                 .create_if_missing(true)
         });
-    if !durable {
-        connect.map_sqlx_postgres_opts(|o| o.options([("synchronous_commit", "off")]));
-    }
+    connect.map_sqlx_postgres_opts(move |o| {
+        // Batched writes (hookups, token saves and leases) have one statement text per
+        // batch size: room for all of them, so that none is parsed and planned again.
+        let o = o.statement_cache_capacity(STATEMENT_CACHE);
+        if durable {
+            o
+        } else {
+            o.options([("synchronous_commit", "off")])
+        }
+    });
     connect
 }
 

@@ -106,6 +106,7 @@ impl HookupIntake {
 
     /// Validates and stores one hookup body. `Ok` means it is durably stored.
     pub async fn receive(&self, body: &[u8]) -> Result<HookupReceipt, HookupError> {
+        let _in_flight = self.tokens.foreground.enter();
         let msg = match HookupMessage::parse_naming_tenant(body, &self.policy) {
             Ok(msg) => msg,
             Err(rejected) => {

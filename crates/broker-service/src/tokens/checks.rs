@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{TokenBroker, TokenBrokerError, TokenRequest};
+use crate::foreground::MAX_YIELD;
 
 /// The background check runs only while the credentials are still unchecked (a token
 /// request may have settled them meanwhile).
@@ -83,16 +84,19 @@ impl CredentialChecks {
             tracing::error!("credential checks started twice");
             return;
         };
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let running = TaskTracker::new();
+        let workers = Workers {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            running: TaskTracker::new(),
+            stop: stop.clone(),
+        };
         let mut tick = tokio::time::interval(sweep.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(first) = receiver.recv() => {
-                    // Whatever else is waiting, up to one per worker, has its clients read
-                    // in one go.
+                    // A burst of hookups goes first: checks are what it leaves behind.
+                    tokens.foreground.yield_to_burst(MAX_YIELD).await;
                     let mut ids = vec![first];
                     while ids.len() < concurrency.max(1) {
                         match receiver.try_recv() {
@@ -100,56 +104,82 @@ impl CredentialChecks {
                             Err(_) => break,
                         }
                     }
-                    let clients = match tokens.store.tokens().token_clients(&ids).await {
-                        Ok(clients) => clients,
-                        Err(e) => {
-                            // Still unchecked in the database: the sweep finds them again.
-                            tracing::warn!(error = %e, checks = ids.len(), "could not read clients to check; checking them later");
-                            ids.iter().for_each(|id| { self.pending.remove(id); });
-                            continue;
-                        }
-                    };
-                    let mut due: HashMap<i64, TokenClientRecord> = clients
-                        .into_iter()
-                        .filter(needs_check)
-                        .map(|c| (c.provet_id, c))
-                        .collect();
-                    for provet_id in ids {
-                        let Some(client) = due.remove(&provet_id) else {
-                            self.pending.remove(&provet_id);
-                            continue;
-                        };
-                        let permit = tokio::select! {
-                            p = permits.clone().acquire_owned() => p,
-                            _ = stop.cancelled() => break,
-                        };
-                        let Ok(permit) = permit else { break };
-                        let (this, tokens) = (self.clone(), tokens.clone());
-                        running.spawn(async move {
-                            match tokens.verify_with(provet_id, Some(Arc::new(client))).await {
-                                Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
-                                Err(TokenBrokerError::TenantNotFound(_)) => {}
-                                Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
-                            }
-                            this.pending.remove(&provet_id);
-                            drop(permit);
-                        });
+                    if !self.start_checks(&tokens, ids, &workers).await {
+                        break;
                     }
                 }
-                _ = tick.tick() => {
-                    if tokens.settings.verify_on_hookup {
-                        match tokens.store.tokens().unchecked_clients(1000).await {
-                            Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
-                            Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
-                        }
-                    }
-                    tokens.sweep();
-                }
+                _ = tick.tick() => self.sweep(&tokens).await,
             }
         }
-        running.close();
-        running.wait().await;
+        workers.running.close();
+        workers.running.wait().await;
     }
+
+    /// Reads the clients of `ids` in one go and starts a check for each that still needs
+    /// one, as workers come free. `false` when stopped meanwhile.
+    async fn start_checks(
+        self: &Arc<Self>,
+        tokens: &Arc<TokenBroker>,
+        ids: Vec<i64>,
+        workers: &Workers,
+    ) -> bool {
+        let clients = match tokens.store.tokens().token_clients(&ids).await {
+            Ok(clients) => clients,
+            Err(e) => {
+                // Still unchecked in the database: the sweep finds them again.
+                tracing::warn!(error = %e, checks = ids.len(), "could not read clients to check; checking them later");
+                ids.iter().for_each(|id| {
+                    self.pending.remove(id);
+                });
+                return true;
+            }
+        };
+        let mut due: HashMap<i64, TokenClientRecord> = clients
+            .into_iter()
+            .filter(needs_check)
+            .map(|c| (c.provet_id, c))
+            .collect();
+        for provet_id in ids {
+            let Some(client) = due.remove(&provet_id) else {
+                self.pending.remove(&provet_id);
+                continue;
+            };
+            let permit = tokio::select! {
+                p = workers.permits.clone().acquire_owned() => p,
+                _ = workers.stop.cancelled() => return false,
+            };
+            let Ok(permit) = permit else { return false };
+            let (this, tokens) = (self.clone(), tokens.clone());
+            workers.running.spawn(async move {
+                match tokens.verify_with(provet_id, Some(Arc::new(client))).await {
+                    Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
+                    Err(TokenBrokerError::TenantNotFound(_)) => {}
+                    Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
+                }
+                this.pending.remove(&provet_id);
+                drop(permit);
+            });
+        }
+        true
+    }
+
+    /// Schedules the credentials still unchecked in the database, and frees memory.
+    async fn sweep(&self, tokens: &TokenBroker) {
+        if tokens.settings.verify_on_hookup {
+            match tokens.store.tokens().unchecked_clients(1000).await {
+                Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
+                Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
+            }
+        }
+        tokens.sweep();
+    }
+}
+
+/// The checks running, and how many may.
+struct Workers {
+    permits: Arc<Semaphore>,
+    running: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl TokenBroker {

@@ -67,6 +67,8 @@ pub struct TokenBroker {
     checks: Arc<CredentialChecks>,
     /// This process's name on the leases it takes.
     owner: String,
+    /// Hookups in flight: credential checks give way to a burst of them.
+    pub foreground: crate::foreground::Foreground,
 }
 
 impl TokenBroker {
@@ -89,6 +91,7 @@ impl TokenBroker {
             memory: Memory::default(),
             flights: DashMap::new(),
             owner,
+            foreground: Default::default(),
         }
     }
 

@@ -63,6 +63,8 @@ async fn fresh_daemon_exports_every_family_at_zero(backend: Backend) {
         r#"broker_hookups_total{outcome="registered"}"#,
         r#"broker_upstream_token_requests_total{outcome="unavailable"}"#,
         r#"broker_upstream_token_requests_total{outcome="rejected"}"#,
+        r#"broker_upstream_token_answers_total{class="5xx"}"#,
+        r#"broker_upstream_token_answers_total{class="429"}"#,
         r#"broker_refreshes_total{outcome="invalid_grant"}"#,
         r#"broker_authorizations_total{outcome="completed"}"#,
         r#"broker_discovery_runs_total{outcome="failed"}"#,

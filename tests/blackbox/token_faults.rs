@@ -90,6 +90,8 @@ async fn a_failing_provider_gives_503_with_retry_after_and_backs_off() {
         assert_eq!(token(&d, &key, 7, None).await.0, 503);
     }
     assert_eq!(token_requests(&server).await, 1);
+    assert_eq!(answers(&d, "429").await, 1);
+    assert_eq!(answers(&d, "5xx").await, 0);
     // The daemon itself is healthy.
     assert_eq!(d.get("/healthz", None).await.0, 200);
 }
@@ -155,6 +157,31 @@ async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
     assert_eq!(problem["code"], "upstream_unavailable");
     let garbage_seen = token_requests(&server).await;
     assert!(garbage_seen >= 2);
+    // Each answer counted by its status class: the token, the garbage (no usable answer),
+    // and the 500s.
+    assert_eq!(answers(&d, "2xx").await, 1);
+    assert_eq!(answers(&d, "none").await, 1);
+    assert_eq!(answers(&d, "5xx").await, garbage_seen - 2);
+    assert_eq!(answers(&d, "4xx").await, 0);
+}
+
+/// `broker_upstream_token_answers_total{class=...}` from `/metrics`.
+async fn answers(d: &Daemon, class: &str) -> usize {
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let series = format!("broker_upstream_token_answers_total{{class=\"{class}\"}} ");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"));
+    line[series.len()..].trim().parse().expect("a count")
 }
 
 /// When discovery says the token endpoint takes only client_secret_post, the secret goes in

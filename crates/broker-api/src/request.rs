@@ -218,7 +218,11 @@ fn generated_id() -> HeaderValue {
         NEXT.fetch_add(1, Ordering::Relaxed)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
-    HeaderValue::try_from(format!("{n:016x}")).unwrap_or(HeaderValue::from_static("0"))
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }
 
 fn rand_id() -> u64 {
@@ -316,6 +320,18 @@ mod tests {
         assert_eq!(log.admit(), Some(0));
         assert_eq!(log.admit(), Some(0));
         assert_eq!(log.admit(), None, "the bucket holds at most the burst");
+    }
+
+    #[test]
+    fn generated_ids_are_distinct_sane_hex() {
+        let ids: Vec<_> = (0..100).map(|_| generated_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 16);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert!(is_sane_request_id(id.as_bytes()));
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 
     #[test]

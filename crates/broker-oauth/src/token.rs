@@ -102,6 +102,8 @@ pub enum TokenError {
     Unavailable {
         reason: String,
         retry_after: Option<Duration>,
+        /// The HTTP status of the answer (5xx, 429), when one came.
+        status: Option<u16>,
     },
     /// The token URL is not allowed by configuration.
     #[error("{0}")]
@@ -116,6 +118,24 @@ impl TokenError {
 
     pub fn is_invalid_grant(&self) -> bool {
         matches!(self, Self::Rejected { code, .. } if code == "invalid_grant")
+    }
+
+    /// The provider's answer by HTTP status class, for the metrics: `4xx` for a refusal
+    /// (OAuth errors come as 400 or 401), `429` and `5xx` for an overloaded or failing
+    /// provider, `none` when no usable answer came (timeout, connection refused, a body
+    /// that is not a token response, a URL the configuration does not allow).
+    pub fn answer_class(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "4xx",
+            Self::Unavailable {
+                status: Some(429), ..
+            } => "429",
+            Self::Unavailable {
+                status: Some(500..=599),
+                ..
+            } => "5xx",
+            Self::Unavailable { .. } | Self::Misconfigured(_) => "none",
+        }
     }
 }
 
@@ -302,10 +322,12 @@ fn issued(
         })) => Err(TokenError::Unavailable {
             reason: format!("{host} answered HTTP {status}"),
             retry_after,
+            status: Some(status),
         }),
         Err(RequestTokenError::Request(e)) => Err(TokenError::Unavailable {
             reason: e.to_string(),
             retry_after: None,
+            status: None,
         }),
         Err(RequestTokenError::Parse(e, _)) => Err(TokenError::Unavailable {
             reason: format!(
@@ -313,10 +335,12 @@ fn issued(
                 e.inner()
             ),
             retry_after: None,
+            status: None,
         }),
         Err(RequestTokenError::Other(e)) => Err(TokenError::Unavailable {
             reason: format!("the token endpoint's answer could not be used: {e}"),
             retry_after: None,
+            status: None,
         }),
     }
 }
@@ -392,6 +416,7 @@ pub async fn revoke(
         .map_err(|e| TokenError::Unavailable {
             reason: e.to_string(),
             retry_after: None,
+            status: None,
         })?;
     if response.status.is_success() {
         Ok(())
@@ -406,6 +431,25 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_classed_by_http_status() {
+        let unavailable = |status| TokenError::Unavailable {
+            reason: String::new(),
+            retry_after: None,
+            status,
+        };
+        let rejected = TokenError::Rejected {
+            code: "invalid_client".into(),
+            description: None,
+        };
+        assert_eq!(rejected.answer_class(), "4xx");
+        assert_eq!(unavailable(Some(429)).answer_class(), "429");
+        assert_eq!(unavailable(Some(500)).answer_class(), "5xx");
+        assert_eq!(unavailable(Some(503)).answer_class(), "5xx");
+        assert_eq!(unavailable(None).answer_class(), "none");
+        assert_eq!(TokenError::Misconfigured("x".into()).answer_class(), "none");
+    }
 
     fn jwt(exp: u64) -> String {
         jsonwebtoken::encode(

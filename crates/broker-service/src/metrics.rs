@@ -17,6 +17,7 @@ use broker_domain::{CredentialsState, DiscoveryState, GrantState, TenantStatus};
 const HOOKUP_OUTCOMES: [&str; 5] = ["registered", "updated", "unchanged", "rejected", "failed"];
 const DISCOVERY_OUTCOMES: [&str; 3] = ["ok", "failed", "superseded"];
 const UPSTREAM_OUTCOMES: [&str; 4] = ["ok", "rejected", "unavailable", "misconfigured"];
+const UPSTREAM_ANSWERS: [&str; 5] = ["2xx", "4xx", "429", "5xx", "none"];
 const AUTHORIZATION_OUTCOMES: [&str; 3] = ["started", "completed", "failed"];
 const REFRESH_OUTCOMES: [&str; 6] = [
     "ok",
@@ -38,6 +39,12 @@ const POOLS: [&str; 2] = ["main", "cache"];
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
+}
+
+/// A provider's answer by HTTP status class (`2xx`, `4xx`, `429`, `5xx`, `none`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabels {
+    pub class: &'static str,
 }
 
 /// An HTTP method as a label: the standard ones, everything else `other` (a client may
@@ -177,6 +184,7 @@ pub struct Metrics {
     pub grants: Family<StateLabels, Gauge>,
     pub tokens_served: Family<ServedLabels, Counter>,
     pub upstream_token_requests: Family<OutcomeLabels, Counter>,
+    pub upstream_token_answers: Family<AnswerLabels, Counter>,
     pub upstream_token_duration: Histogram,
     pub token_lock_wait: Histogram,
     pub discovery_runs: Family<OutcomeLabels, Counter>,
@@ -291,6 +299,12 @@ impl Metrics {
             "Token requests sent to providers, by outcome (ok, rejected, unavailable, misconfigured)",
             upstream_token_requests.clone(),
         );
+        let upstream_token_answers = Family::<AnswerLabels, Counter>::default();
+        registry.register(
+            "upstream_token_answers",
+            "Token requests sent to providers, by the answer's HTTP status class (2xx, 4xx, 429, 5xx; none: timeout, unreachable, or not a token response)",
+            upstream_token_answers.clone(),
+        );
         let upstream_token_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register_with_unit(
             "upstream_token_request_duration",
@@ -375,6 +389,7 @@ impl Metrics {
             grants,
             tokens_served,
             upstream_token_requests,
+            upstream_token_answers,
             upstream_token_duration,
             token_lock_wait,
             discovery_runs,
@@ -428,6 +443,11 @@ impl Metrics {
             let _ = self
                 .upstream_token_requests
                 .get_or_create_owned(&outcome(o));
+        }
+        for class in UPSTREAM_ANSWERS {
+            let _ = self
+                .upstream_token_answers
+                .get_or_create_owned(&AnswerLabels { class });
         }
         for o in AUTHORIZATION_OUTCOMES {
             let _ = self.authorizations.get_or_create_owned(&outcome(o));
@@ -579,11 +599,21 @@ impl Metrics {
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
-    pub fn upstream_token_request(&self, outcome: &str, took: std::time::Duration) {
+    /// One token request to a provider: its outcome, the answer's status class (see
+    /// `TokenError::answer_class`; `2xx` for a token) and how long it took.
+    pub fn upstream_token_request(
+        &self,
+        outcome: &str,
+        answer: &'static str,
+        took: std::time::Duration,
+    ) {
         self.upstream_token_requests
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
+            .inc();
+        self.upstream_token_answers
+            .get_or_create(&AnswerLabels { class: answer })
             .inc();
         self.upstream_token_duration.observe(took.as_secs_f64());
     }

@@ -17,6 +17,8 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogFormat, LogSettings};
 
+mod text;
+
 /// Dependencies whose info lines say nothing an operator needs.
 const QUIET_TARGETS: [&str; 2] = ["actix_server", "sea_orm_migration"];
 
@@ -34,10 +36,11 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
         eprintln!("provet-broker: cannot start the log writer thread");
         return None;
     };
+    let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(terminal)
         .log_internal_errors(false);
     // A second init (tests) keeps the first subscriber.
     let installed = match settings.format {
@@ -46,7 +49,12 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
             .with_current_span(true)
             .with_span_list(true)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours on a terminal: the default formatter. Elsewhere the same lines, cheaper.
+        LogFormat::Text if terminal => builder.try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(text::TextFields)
+            .event_format(text::TextLine)
+            .try_init(),
     };
     installed.is_ok().then_some(guard)
 }

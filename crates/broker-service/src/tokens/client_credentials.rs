@@ -72,8 +72,13 @@ impl TokenBroker {
         let started = self.clock.instant();
         let result =
             oauth::client_credentials(&self.upstream, &super::token_client(client), scope).await;
-        self.metrics
-            .upstream_token_request(outcome(&result), self.clock.since(started));
+        self.metrics.upstream_token_request(
+            outcome(&result),
+            result
+                .as_ref()
+                .map_or_else(TokenError::answer_class, |_| "2xx"),
+            self.clock.since(started),
+        );
         match &result {
             Ok(_) => {
                 tracing::debug!(provet_id = client.provet_id, client_id = %client.client_id, "fetched a token from the provider")
@@ -119,6 +124,7 @@ impl TokenBroker {
             TokenError::Unavailable {
                 reason,
                 retry_after,
+                ..
             } => {
                 let wait = self.back_off(client.provet_id, retry_after);
                 self.serve_stale_or(

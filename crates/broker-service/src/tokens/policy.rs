@@ -188,6 +188,9 @@ pub fn scope(requested: Option<&str>, allowed: &[String]) -> Result<String, Stri
             allowed.join(", ")
         ));
     }
+    if let [one] = parts[..] {
+        return Ok(one.to_owned());
+    }
     parts.sort_unstable();
     parts.dedup();
     Ok(parts.join(" "))

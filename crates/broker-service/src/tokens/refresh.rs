@@ -99,13 +99,16 @@ impl TokenBroker {
             match result {
                 Ok(issued) => {
                     self.metrics
-                        .upstream_token_request("ok", self.clock.since(started));
+                        .upstream_token_request("ok", "2xx", self.clock.since(started));
                     self.metrics.refresh(if retried { "retried" } else { "ok" });
                     return self.save_refresh(&grant, &issued, key, lease, now).await;
                 }
                 Err(e) if e.is_invalid_grant() => {
-                    self.metrics
-                        .upstream_token_request("rejected", self.clock.since(started));
+                    self.metrics.upstream_token_request(
+                        "rejected",
+                        e.answer_class(),
+                        self.clock.since(started),
+                    );
                     let current = self
                         .store
                         .grants()
@@ -128,8 +131,11 @@ impl TokenBroker {
                 }
                 Err(e) => {
                     let outcome = super::client_credentials::error_outcome(&e);
-                    self.metrics
-                        .upstream_token_request(outcome, self.clock.since(started));
+                    self.metrics.upstream_token_request(
+                        outcome,
+                        e.answer_class(),
+                        self.clock.since(started),
+                    );
                     self.metrics.refresh(outcome);
                     return Err(RefreshFailure::Token(e));
                 }

@@ -1,17 +1,18 @@
 //! Prometheus metrics, in one registry owned by the application (no global recorder).
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use broker_domain::{CredentialsState, DiscoveryState, GrantState, TenantStatus};
+
+mod labels;
+
+pub use labels::*;
 
 // The label values each counter is created with at start-up: what the call sites pass.
 const HOOKUP_OUTCOMES: [&str; 5] = ["registered", "updated", "unchanged", "rejected", "failed"];
@@ -35,147 +36,6 @@ const DISCOVERY_TENANT_STATES: [DiscoveryState; 3] = [
     DiscoveryState::Failed,
 ];
 const POOLS: [&str; 2] = ["main", "cache"];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: String,
-}
-
-/// A provider's answer by HTTP status class (`2xx`, `4xx`, `429`, `5xx`, `none`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AnswerLabels {
-    pub class: &'static str,
-}
-
-/// An HTTP method as a label: the standard ones, everything else `other` (a client may
-/// send any token as a method; each would otherwise become a series).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum MethodLabel {
-    Get,
-    Post,
-    Put,
-    Delete,
-    Patch,
-    Head,
-    Options,
-    Other,
-}
-
-impl MethodLabel {
-    pub fn of(method: &str) -> Self {
-        match method {
-            "GET" => Self::Get,
-            "POST" => Self::Post,
-            "PUT" => Self::Put,
-            "DELETE" => Self::Delete,
-            "PATCH" => Self::Patch,
-            "HEAD" => Self::Head,
-            "OPTIONS" => Self::Options,
-            _ => Self::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Get => "GET",
-            Self::Post => "POST",
-            Self::Put => "PUT",
-            Self::Delete => "DELETE",
-            Self::Patch => "PATCH",
-            Self::Head => "HEAD",
-            Self::Options => "OPTIONS",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl EncodeLabelValue for MethodLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
-
-/// A label value chosen by people (an API key's name), escaped as the text format requires
-/// (the encoder writes values as they are).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Escaped(pub Arc<str>);
-
-impl EncodeLabelValue for Escaped {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\\' => encoder.write_str("\\\\")?,
-                '"' => encoder.write_str("\\\"")?,
-                '\n' => encoder.write_str("\\n")?,
-                c if c.is_control() => {}
-                c => encoder.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
-    pub method: MethodLabel,
-    /// The route pattern (`/v1/tenants/{provet_id}`) or `unmatched`, never the concrete
-    /// path: the hookup path carries the hookup secret, and paths are unbounded. Borrowed
-    /// from the route table on the hot path (no allocation per request).
-    pub route: Cow<'static, str>,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: MethodLabel,
-    pub route: Cow<'static, str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabels {
-    /// `main` or `cache`.
-    pub pool: String,
-    /// `in_use`, `idle` or `max`.
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    pub version: String,
-    /// The git commit (12 hex digits), or `unknown` when built outside a checkout.
-    pub commit: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabels {
-    pub status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabels {
-    pub queue: String,
-}
-
-/// Tokens served, by API key (bounded by the keys an admin created) and source. No tenant
-/// label: one series per tenant per key would grow without bound and publish the tenant
-/// list.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServedLabels {
-    pub api_key: Escaped,
-    /// `hit` (memory), `shared` (database: a restart or another replica), `miss` (provider).
-    pub cache: &'static str,
-}
-
-/// Which accepted hookup secret opened a hookup URL: `current` or `extra`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SecretLabels {
-    pub secret: &'static str,
-}
 
 pub struct Metrics {
     registry: Registry,
@@ -214,6 +74,33 @@ pub struct Metrics {
     pub tenant_credentials: Family<StateLabels, Gauge>,
 }
 
+/// Buckets from 0.5 ms to 16 s: requests to the broker and waits inside it.
+fn fast() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Buckets from 5 ms to 41 s: calls to providers.
+fn upstream() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// Registers each metric as it is created, and hands it back for the struct.
+struct Registering(Registry);
+
+impl Registering {
+    fn add<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+
+    /// A metric in seconds (the name gets `_seconds`).
+    fn seconds<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0
+            .register_with_unit(name, help, Unit::Seconds, metric.clone());
+        metric
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -222,193 +109,127 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("broker");
-        let hookups = Family::<OutcomeLabels, Counter>::default();
-        let events_written = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-        registry.register(
-            "events_written",
-            "Events committed to the outbox by this process, by type",
-            events_written.clone(),
-        );
-        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "webhook_deliveries",
-            "Webhook attempts by outcome (delivered, retry, failed, gone)",
-            webhook_deliveries.clone(),
-        );
-        let webhook_pending_deliveries = Gauge::default();
-        registry.register(
-            "webhook_pending_deliveries",
-            "Webhook deliveries not yet delivered nor failed",
-            webhook_pending_deliveries.clone(),
-        );
-        let webhook_oldest_pending_seconds = Gauge::default();
-        registry.register(
-            "webhook_oldest_pending_seconds",
-            "Age of the oldest pending webhook delivery, in seconds",
-            webhook_oldest_pending_seconds.clone(),
-        );
-        registry.register(
-            "hookups",
-            "Hookup deliveries by outcome (registered, updated, unchanged, rejected, failed)",
-            hookups.clone(),
-        );
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            http_requests.clone(),
-        );
-        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
-        registry.register_with_unit(
-            "http_request_duration",
-            "HTTP request latency by route",
-            prometheus_client::registry::Unit::Seconds,
-            http_duration.clone(),
-        );
-        let discovery_runs = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "discovery_runs",
-            "OpenID Connect discovery runs by outcome (ok, failed, superseded)",
-            discovery_runs.clone(),
-        );
-        let discovery_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register_with_unit(
-            "discovery_duration",
-            "Time of one discovery run (document and JWKS)",
-            prometheus_client::registry::Unit::Seconds,
-            discovery_duration.clone(),
-        );
-        let discovery_tenants = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "discovery_tenants",
-            "Tenants with a discovery URL, by discovery state",
-            discovery_tenants.clone(),
-        );
-        let tokens_served = Family::<ServedLabels, Counter>::default();
-        registry.register(
-            "tokens_served",
-            "Access tokens handed out, by API key name and where they came from (no tenant label)",
-            tokens_served.clone(),
-        );
-        let upstream_token_requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "upstream_token_requests",
-            "Token requests sent to providers, by outcome (ok, rejected, unavailable, misconfigured)",
-            upstream_token_requests.clone(),
-        );
-        let upstream_token_answers = Family::<AnswerLabels, Counter>::default();
-        registry.register(
-            "upstream_token_answers",
-            "Token requests sent to providers, by the answer's HTTP status class (2xx, 4xx, 429, 5xx; none: timeout, unreachable, or not a token response)",
-            upstream_token_answers.clone(),
-        );
-        let upstream_token_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register_with_unit(
-            "upstream_token_request_duration",
-            "Latency of token requests to providers",
-            prometheus_client::registry::Unit::Seconds,
-            upstream_token_duration.clone(),
-        );
-        let token_lock_wait = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register_with_unit(
-            "token_lock_wait",
-            "Time spent waiting for the cross-replica token lock",
-            prometheus_client::registry::Unit::Seconds,
-            token_lock_wait.clone(),
-        );
-        let authorizations = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "authorizations",
-            "Authorization-code connections by outcome (started, completed, failed)",
-            authorizations.clone(),
-        );
-        let refreshes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "refreshes",
-            "Refresh-token grants sent to providers, by outcome (ok, retried, invalid_grant, rejected, unavailable)",
-            refreshes.clone(),
-        );
-        let grants = Family::<StateLabels, Gauge>::default();
-        registry.register("grants", "Grants by state", grants.clone());
-        let db_pool = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "db_pool_connections",
-            "Database connections by pool (main, cache) and state (in_use, idle, max)",
-            db_pool.clone(),
-        );
-        let queue_depth = Family::<QueueLabels, Gauge>::default();
-        registry.register(
-            "queue_depth",
-            "Background work waiting or running, by queue (credential_checks)",
-            queue_depth.clone(),
-        );
-        let cached_tokens = Gauge::default();
-        registry.register(
-            "cached_tokens",
-            "Access tokens held in this process's memory",
-            cached_tokens.clone(),
-        );
-        let hookup_secret_matches = Family::<SecretLabels, Counter>::default();
-        registry.register(
-            "hookup_secret_matches",
-            "Hookup requests by the accepted secret their URL carried (current, extra): an extra secret at zero for long can be retired",
-            hookup_secret_matches.clone(),
-        );
-        // Both series from the start: `extra` at zero is the signal to look for.
-        for which in crate::hookup::SecretMatch::ALL {
-            let _ = hookup_secret_matches.get_or_create(&SecretLabels {
-                secret: which.as_str(),
-            });
-        }
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        registry.register(
-            "build_info",
-            "Always 1: the version and git commit of this binary",
-            build_info.clone(),
-        );
-        let tenants = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "tenants",
-            "Tenants by status (active, removed)",
-            tenants.clone(),
-        );
-        let tenant_credentials = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "tenant_credentials",
-            "Active tenants by the state of their current client's credentials (unchecked, ok, rejected)",
-            tenant_credentials.clone(),
-        );
+        let mut r = Registering(Registry::with_prefix("broker"));
         let metrics = Self {
-            registry,
-            hookup_secret_matches,
-            authorizations,
-            refreshes,
-            grants,
-            tokens_served,
-            upstream_token_requests,
-            upstream_token_answers,
-            upstream_token_duration,
-            token_lock_wait,
-            discovery_runs,
-            discovery_duration,
-            discovery_tenants,
-            hookups,
-            http_requests,
-            http_duration,
-            db_pool,
-            queue_depth,
-            cached_tokens,
-            events_written,
-            webhook_deliveries,
-            webhook_pending_deliveries,
-            webhook_oldest_pending_seconds,
+            authorizations: r.add(
+                "authorizations",
+                "Authorization-code connections by outcome (started, completed, failed)",
+                Family::default(),
+            ),
+            refreshes: r.add(
+                "refreshes",
+                "Refresh-token grants sent to providers, by outcome (ok, retried, invalid_grant, rejected, unavailable)",
+                Family::default(),
+            ),
+            grants: r.add("grants", "Grants by state", Family::default()),
+            tokens_served: r.add(
+                "tokens_served",
+                "Access tokens handed out, by API key name and where they came from (no tenant label)",
+                Family::default(),
+            ),
+            upstream_token_requests: r.add(
+                "upstream_token_requests",
+                "Token requests sent to providers, by outcome (ok, rejected, unavailable, misconfigured)",
+                Family::default(),
+            ),
+            upstream_token_answers: r.add(
+                "upstream_token_answers",
+                "Token requests sent to providers, by the answer's HTTP status class (2xx, 4xx, 429, 5xx; none: timeout, unreachable, or not a token response)",
+                Family::default(),
+            ),
+            upstream_token_duration: r.seconds(
+                "upstream_token_request_duration",
+                "Latency of token requests to providers",
+                upstream(),
+            ),
+            token_lock_wait: r.seconds(
+                "token_lock_wait",
+                "Time spent waiting for the cross-replica token lock",
+                fast(),
+            ),
+            discovery_runs: r.add(
+                "discovery_runs",
+                "OpenID Connect discovery runs by outcome (ok, failed, superseded)",
+                Family::default(),
+            ),
+            discovery_duration: r.seconds(
+                "discovery_duration",
+                "Time of one discovery run (document and JWKS)",
+                upstream(),
+            ),
+            discovery_tenants: r.add(
+                "discovery_tenants",
+                "Tenants with a discovery URL, by discovery state",
+                Family::default(),
+            ),
+            hookups: r.add(
+                "hookups",
+                "Hookup deliveries by outcome (registered, updated, unchanged, rejected, failed)",
+                Family::default(),
+            ),
+            http_requests: r.add(
+                "http_requests",
+                "HTTP requests by route and status",
+                Family::default(),
+            ),
+            http_duration: r.seconds(
+                "http_request_duration",
+                "HTTP request latency by route",
+                Family::new_with_constructor(fast),
+            ),
+            db_pool: r.add(
+                "db_pool_connections",
+                "Database connections by pool (main, cache) and state (in_use, idle, max)",
+                Family::default(),
+            ),
+            queue_depth: r.add(
+                "queue_depth",
+                "Background work waiting or running, by queue (credential_checks)",
+                Family::default(),
+            ),
+            cached_tokens: r.add(
+                "cached_tokens",
+                "Access tokens held in this process's memory",
+                Gauge::default(),
+            ),
+            events_written: r.add(
+                "events_written",
+                "Events committed to the outbox by this process, by type",
+                Family::default(),
+            ),
+            webhook_deliveries: r.add(
+                "webhook_deliveries",
+                "Webhook attempts by outcome (delivered, retry, failed, gone)",
+                Family::default(),
+            ),
+            webhook_pending_deliveries: r.add(
+                "webhook_pending_deliveries",
+                "Webhook deliveries not yet delivered nor failed",
+                Gauge::default(),
+            ),
+            webhook_oldest_pending_seconds: r.add(
+                "webhook_oldest_pending_seconds",
+                "Age of the oldest pending webhook delivery, in seconds",
+                Gauge::default(),
+            ),
+            hookup_secret_matches: r.add(
+                "hookup_secret_matches",
+                "Hookup requests by the accepted secret their URL carried (current, extra): an extra secret at zero for long can be retired",
+                Family::default(),
+            ),
+            build_info: r.add(
+                "build_info",
+                "Always 1: the version and git commit of this binary",
+                Family::default(),
+            ),
+            tenants: r.add("tenants", "Tenants by status (active, removed)", Family::default()),
+            tenant_credentials: r.add(
+                "tenant_credentials",
+                "Active tenants by the state of their current client's credentials (unchecked, ok, rejected)",
+                Family::default(),
+            ),
             events_sync: std::sync::Mutex::new(()),
-            build_info,
-            tenants,
-            tenant_credentials,
+            registry: r.0,
         };
         metrics.register_known_series();
         metrics
@@ -427,6 +248,12 @@ impl Metrics {
     /// Creates every series whose label values are known at start-up, at zero, so that `rate()`, `increase()` and `absent()` work from the first scrape.
     /// Series labelled by route, status or API key name appear when first used.
     fn register_known_series(&self) {
+        // Both secrets from the start: `extra` at zero is the signal to look for.
+        for which in crate::hookup::SecretMatch::ALL {
+            let _ = self.hookup_secret_matches.get_or_create(&SecretLabels {
+                secret: which.as_str(),
+            });
+        }
         let outcome = |s: &str| OutcomeLabels {
             outcome: s.to_owned(),
         };

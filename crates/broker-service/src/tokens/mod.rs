@@ -68,7 +68,7 @@ pub struct TokenBroker {
     /// This process's name on the leases it takes.
     owner: String,
     /// Hookups in flight: credential checks give way to a burst of them.
-    pub foreground: crate::foreground::Foreground,
+    pub foreground: Arc<crate::foreground::Foreground>,
 }
 
 impl TokenBroker {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::policy::{Answer, after_attempt};
 use super::sender::{Attempted, WebhookClient};
 use super::{ManualRetry, WebhookSettings};
+use crate::foreground::{Foreground, MAX_YIELD};
 use crate::{Clock, Metrics, StoreError};
 
 /// Events turned into deliveries per dispatch transaction.
@@ -56,6 +57,9 @@ pub struct WebhookWorker {
     settings: WebhookSettings,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    /// Hookups in flight: dispatching and sending wait (a bounded while) for a burst to
+    /// pass, so that deliveries take the CPU and the database after the intake, not from it.
+    foreground: Arc<Foreground>,
     /// Wakes the sender: new deliveries, a finished attempt.
     work: Notify,
     overall: Arc<Semaphore>,
@@ -70,8 +74,10 @@ impl WebhookWorker {
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
+        foreground: Arc<Foreground>,
     ) -> Result<Self, String> {
         Ok(Self {
+            foreground,
             client: WebhookClient::new(settings.timeout)?,
             overall: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             store,
@@ -93,6 +99,7 @@ impl WebhookWorker {
             let committed = self.store.events().tap().committed().notified();
             tokio::pin!(committed);
             committed.as_mut().enable();
+            self.foreground.yield_to_burst(MAX_YIELD).await;
             loop {
                 match self
                     .store
@@ -132,6 +139,7 @@ impl WebhookWorker {
             let woken = self.work.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            self.foreground.yield_to_burst(MAX_YIELD).await;
             if let Err(e) = self.clone().send_round().await {
                 tracing::warn!(error = %e, "could not claim webhook deliveries");
             }

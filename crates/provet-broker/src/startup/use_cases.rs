@@ -33,7 +33,7 @@ pub fn use_cases(
     let discovery = parts.discovery(discovery_upstream);
     let hookups = parts.hookup_intake(policy, hookup_secrets, &tokens, &discovery);
     let connect = parts.connect_flow(&tokens, &discovery)?;
-    let webhook_worker = parts.webhook_worker()?;
+    let webhook_worker = parts.webhook_worker(&tokens)?;
     let Parts {
         store,
         metrics,
@@ -185,13 +185,15 @@ impl Parts<'_> {
         )))
     }
 
-    fn webhook_worker(&self) -> anyhow::Result<Arc<WebhookWorker>> {
+    /// Deliveries give way to a hookup burst, as credential checks do (the same count).
+    fn webhook_worker(&self, tokens: &TokenBroker) -> anyhow::Result<Arc<WebhookWorker>> {
         Ok(Arc::new(
             WebhookWorker::new(
                 self.store.clone(),
                 self.settings.events.to_webhooks(),
                 self.metrics.clone(),
                 self.clock.clone(),
+                tokens.foreground.clone(),
             )
             .map_err(anyhow::Error::msg)?,
         ))

@@ -341,12 +341,34 @@ async fn concurrent_token_requests_for_many_tenants_each_reach_the_provider_once
 /// check on (the default): every delivery is acknowledged, every tenant's credentials end
 /// `ok` after one token request each, and no check gives up waiting for a connection.
 async fn a_hookup_burst_checks_every_tenants_credentials_once(backend: Backend) {
-    const TENANTS: usize = 500;
+    hookup_burst(backend, 500, &[]).await;
+}
+
+/// A burst larger than the check queue: the checks it could not queue are picked up as soon
+/// as the queue drains, not at the next sweep (an hour away here).
+async fn checks_left_out_of_a_full_queue_run_once_it_drains(backend: Backend) {
+    hookup_burst(
+        backend,
+        200,
+        &[
+            ("BROKER_TOKENS__VERIFY_QUEUE", "20"),
+            ("BROKER_TOKENS__VERIFY_SWEEP_INTERVAL", "1h"),
+        ],
+    )
+    .await;
+}
+
+/// `tenants` hookups from 64 senders, then every tenant's credentials checked once.
+async fn hookup_burst(backend: Backend, tenants: usize, env: &[(&str, &str)]) {
     let db = TestDb::new(backend).await;
-    let daemon = Daemon::start(&db, default_config()).await;
+    let mut config = default_config();
+    for (key, value) in env {
+        config.extra_env.push(((*key).into(), (*value).into()));
+    }
+    let daemon = Daemon::start(&db, config).await;
     let admin = Arc::new(daemon.api_key("admin", &[]));
 
-    let messages = applications(TENANTS).await;
+    let messages = applications(tenants).await;
     let ids: Vec<i64> = messages
         .iter()
         .map(|m| m["provet_id"].as_i64().expect("provet_id"))
@@ -363,7 +385,7 @@ async fn a_hookup_burst_checks_every_tenants_credentials_once(backend: Backend) 
     .await;
     let elapsed = started.elapsed();
     eprintln!(
-        "{backend:?}: {TENANTS} hookups in {elapsed:?}: {}",
+        "{backend:?}: {tenants} hookups in {elapsed:?}: {}",
         summary(&replies)
     );
     assert!(
@@ -403,8 +425,8 @@ async fn a_hookup_burst_checks_every_tenants_credentials_once(backend: Backend) 
     }
     let checked = burst_done.elapsed();
     eprintln!(
-        "{backend:?}: {} of {TENANTS} credentials `ok` {checked:?} after the burst",
-        TENANTS - pending.len()
+        "{backend:?}: {} of {tenants} credentials `ok` {checked:?} after the burst",
+        tenants - pending.len()
     );
     if let Some((id, view)) = states.first() {
         let mut by_state = BTreeMap::<String, usize>::new();
@@ -419,7 +441,7 @@ async fn a_hookup_burst_checks_every_tenants_credentials_once(backend: Backend) 
             .find(|l| l.contains("credential check") && l.contains(&id.to_string()))
             .unwrap_or("(nothing in the log)");
         panic!(
-            "{} of {TENANTS} tenants' credentials are not `ok` {checked:?} after the burst ({by_state:?}); \
+            "{} of {tenants} tenants' credentials are not `ok` {checked:?} after the burst ({by_state:?}); \
              tenant {id}: {} ; its log: {failure}; {}",
             pending.len(),
             view.body["credentials"],
@@ -439,4 +461,5 @@ async fn a_hookup_burst_checks_every_tenants_credentials_once(backend: Backend) 
 backend_tests!(
     concurrent_token_requests_for_many_tenants_each_reach_the_provider_once,
     a_hookup_burst_checks_every_tenants_credentials_once,
+    checks_left_out_of_a_full_queue_run_once_it_drains,
 );

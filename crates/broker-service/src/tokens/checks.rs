@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use broker_domain::{CredentialsState, GrantType, TenantStatus};
@@ -33,13 +34,26 @@ pub struct KeepAlive {
     pub interval: Duration,
 }
 
+/// Unchecked clients a sweep reads at most.
+const SWEEP_PAGE: u64 = 1000;
+/// How often the loop looks whether an early sweep is due.
+const DRAINED_EVERY: Duration = Duration::from_millis(500);
+
 /// The credential-check queue. `schedule` never waits: when the queue is full, the check
-/// is left to the sweep, which finds every client still `unchecked` in the database.
+/// is left to the sweep, which finds every client still `unchecked` in the database. The
+/// sweep runs every `verify_sweep_interval`, and also as soon as the queue has drained
+/// after checks were left behind (a go-live burst larger than the queue), provided the
+/// checks since the last sweep reached verdicts: a provider that is down is asked again
+/// at the interval, not in a loop.
 pub struct CredentialChecks {
     queue: mpsc::Sender<i64>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<i64>>>,
     /// Tenants queued or being checked, so that one is never checked twice at once.
     pending: DashMap<i64, ()>,
+    /// Checks were dropped (queue full) or a sweep found a full page since the last sweep.
+    left_behind: AtomicBool,
+    /// Checks that ended `ok` or `rejected` since the last sweep.
+    verdicts: AtomicUsize,
 }
 
 impl CredentialChecks {
@@ -49,6 +63,8 @@ impl CredentialChecks {
             queue,
             receiver: std::sync::Mutex::new(Some(receiver)),
             pending: DashMap::new(),
+            left_behind: AtomicBool::new(false),
+            verdicts: AtomicUsize::new(0),
         }
     }
 
@@ -59,6 +75,7 @@ impl CredentialChecks {
         }
         if self.queue.try_send(provet_id).is_err() {
             self.pending.remove(&provet_id);
+            self.left_behind.store(true, Ordering::Relaxed);
             tracing::debug!(
                 provet_id,
                 "credential-check queue full; the sweep will pick it up"
@@ -69,6 +86,14 @@ impl CredentialChecks {
     /// Checks waiting or running.
     pub fn depth(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Whether to sweep now rather than at the interval: checks were left behind, the
+    /// queue has (nearly) drained, and the last ones reached verdicts.
+    fn early_sweep_due(&self, concurrency: usize) -> bool {
+        self.left_behind.load(Ordering::Relaxed)
+            && self.depth() < concurrency.max(1)
+            && self.verdicts.load(Ordering::Relaxed) > 0
     }
 
     /// Runs checks, `concurrency` at a time, until `stop`; every `sweep` looks for
@@ -91,6 +116,8 @@ impl CredentialChecks {
         };
         let mut tick = tokio::time::interval(sweep.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut drained = tokio::time::interval(DRAINED_EVERY);
+        drained.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -109,6 +136,11 @@ impl CredentialChecks {
                     }
                 }
                 _ = tick.tick() => self.sweep(&tokens).await,
+                _ = drained.tick() => {
+                    if self.early_sweep_due(concurrency) {
+                        self.sweep(&tokens).await;
+                    }
+                }
             }
         }
         workers.running.close();
@@ -152,7 +184,10 @@ impl CredentialChecks {
             let (this, tokens) = (self.clone(), tokens.clone());
             workers.running.spawn(async move {
                 match tokens.verify_with(provet_id, Some(Arc::new(client))).await {
-                    Ok(()) | Err(TokenBrokerError::Unavailable { .. }) => {}
+                    Ok(()) => {
+                        this.verdicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TokenBrokerError::Unavailable { .. }) => {}
                     Err(TokenBrokerError::TenantNotFound(_)) => {}
                     Err(e) => tracing::warn!(provet_id, error = %e, "credential check failed"),
                 }
@@ -165,9 +200,16 @@ impl CredentialChecks {
 
     /// Schedules the credentials still unchecked in the database, and frees memory.
     async fn sweep(&self, tokens: &TokenBroker) {
+        self.left_behind.store(false, Ordering::Relaxed);
+        self.verdicts.store(0, Ordering::Relaxed);
         if tokens.settings.verify_on_hookup {
-            match tokens.store.tokens().unchecked_clients(1000).await {
-                Ok(ids) => ids.into_iter().for_each(|id| self.schedule(id)),
+            match tokens.store.tokens().unchecked_clients(SWEEP_PAGE).await {
+                Ok(ids) => {
+                    if ids.len() as u64 >= SWEEP_PAGE {
+                        self.left_behind.store(true, Ordering::Relaxed);
+                    }
+                    ids.into_iter().for_each(|id| self.schedule(id));
+                }
                 Err(e) => tracing::warn!(error = %e, "could not look for unchecked credentials"),
             }
         }
@@ -236,5 +278,29 @@ impl TokenBroker {
             }
         }
         Ok(refreshed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_early_sweep_follows_left_behind_checks_only_after_progress() {
+        let checks = CredentialChecks::new(1);
+        checks.schedule(1);
+        assert!(!checks.early_sweep_due(8), "nothing left behind yet");
+        checks.schedule(2);
+        assert_eq!(checks.depth(), 1, "the second did not fit the queue");
+        assert!(
+            !checks.early_sweep_due(8),
+            "no verdict yet: a provider that is down is not asked again in a loop"
+        );
+        checks.verdicts.fetch_add(1, Ordering::Relaxed);
+        assert!(checks.early_sweep_due(8), "left behind, drained, progress");
+        assert!(
+            !checks.early_sweep_due(1),
+            "not while the queue still holds as many as the workers take"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! - `tenants.rs` (`store.tenants()`): tenants, their clients and departments, removal, and
 //!   the hookup deliveries; `hookups.rs` persists a hookup as `broker_domain` decided it.
 //! - `tokens.rs` (`store.tokens()`): cached access tokens, clients' credential states, and
-//!   the cross-replica token lease.
+//!   the cross-replica token lease; `token_leases.rs` takes and releases leases of
+//!   concurrent callers in shared statements, and `group_commit.rs` writes concurrent token
+//!   saves in one transaction.
 //! - `grants.rs` (`store.grants()`): authorizations in flight and the grants they produce.
 //! - `discovery.rs` (`store.discovery()`): OpenID Connect metadata, its schedule and leases.
 //! - `api_keys.rs` (`store.api_keys()`): API keys (hashes only).

@@ -6,7 +6,8 @@
 //! tasks) with `startup/` keys, the database, the hookup secret, the use cases built once
 //! (`use_cases.rs`) and the listeners; `cli.rs` the subcommands, which use the same use
 //! cases without the server (`cli/` one file per larger command); `export.rs` the export
-//! file, passphrase and key derivation; `telemetry.rs` the one tracing set-up.
+//! file, passphrase and key derivation; `telemetry.rs` the one tracing set-up, with
+//! `telemetry/text.rs` the text line formatter.
 
 pub mod cli;
 pub mod config;

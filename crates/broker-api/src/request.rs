@@ -130,23 +130,7 @@ pub async fn observe(
             .match_info()
             .get("provet_id")
             .and_then(|p| p.parse::<i64>().ok());
-        let metrics = state.metrics();
-        let label = MethodLabel::of(method.as_str());
-        metrics
-            .http_duration
-            .get_or_create(&RouteLabels {
-                method: label,
-                route: route.clone(),
-            })
-            .observe(latency.as_secs_f64());
-        metrics
-            .http_requests
-            .get_or_create(&HttpLabels {
-                method: label,
-                route: route.clone(),
-                status: status.as_u16(),
-            })
-            .inc();
+        record(&state, &method, route.clone(), status, latency);
         access_line(
             &state,
             &span,
@@ -161,6 +145,33 @@ pub async fn observe(
         );
     }
     Ok(response)
+}
+
+/// The request's metrics, by method and route pattern.
+fn record(
+    state: &AppState,
+    method: &Method,
+    route: Cow<'static, str>,
+    status: StatusCode,
+    latency: Duration,
+) {
+    let metrics = state.metrics();
+    let label = MethodLabel::of(method.as_str());
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            method: label,
+            route: route.clone(),
+        })
+        .observe(latency.as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method: label,
+            route,
+            status: status.as_u16(),
+        })
+        .inc();
 }
 
 struct AccessLine<'a> {

@@ -351,6 +351,12 @@ pub struct CreateApiKey {
     pub tenants: Option<Vec<i64>>,
 }
 
+/// Whether a float is an integer within `i64` (where the cast is exact): `7.0` is one, and
+/// so is `9007199254740992.0`, the largest provet_id.
+pub(crate) fn is_i64(f: f64) -> bool {
+    f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+}
+
 /// A list of integers as JSON Schema counts them: `7` and `7.0` alike (a fraction is refused).
 fn integers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<i64>>, D::Error> {
     let numbers: Option<Vec<serde_json::Number>> = Deserialize::deserialize(d)?;
@@ -359,11 +365,7 @@ fn integers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<i64>>, 
             list.iter()
                 .map(|n| {
                     n.as_i64()
-                        .or_else(|| {
-                            n.as_f64()
-                                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                                .map(|f| f as i64)
-                        })
+                        .or_else(|| n.as_f64().filter(|f| is_i64(*f)).map(|f| f as i64))
                         .ok_or_else(|| {
                             serde::de::Error::custom(format!("tenants: {n} is not an integer"))
                         })
@@ -474,4 +476,37 @@ pub struct StartAuthorization {
 pub struct AuthorizationCreated {
     pub authorize_url: String,
     pub expires_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CreateApiKey;
+
+    fn tenants(json: &str) -> Result<Option<Vec<i64>>, String> {
+        serde_json::from_str::<CreateApiKey>(&format!(
+            r#"{{"name": "svc", "role": "token", "tenants": {json}}}"#
+        ))
+        .map(|k| k.tenants)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tenant_ids_are_integers_as_json_schema_counts_them() {
+        assert_eq!(tenants("[7, 7.0, 61]"), Ok(Some(vec![7, 7, 61])));
+        assert_eq!(
+            tenants("[9007199254740992, 9007199254740992.0]"),
+            Ok(Some(vec![1 << 53, 1 << 53])),
+            "the largest provet_id, in both spellings"
+        );
+        assert_eq!(tenants("null"), Ok(None));
+        assert!(
+            tenants("[7.5]")
+                .unwrap_err()
+                .contains("7.5 is not an integer")
+        );
+        assert!(tenants("[1e300]").is_err());
+        assert!(super::is_i64(-9_223_372_036_854_775_808.0));
+        assert!(!super::is_i64(9_223_372_036_854_775_808.0));
+        assert!(!super::is_i64(f64::NAN));
+    }
 }

@@ -138,6 +138,54 @@ fn no_row() -> StoreError {
 /// their stored tokens, in one statement (the leases in lock-key order, so that concurrent
 /// statements lock rows in one order); answers in the order of `jobs`.
 async fn take_once(db: &Db, keyring: &Keyring, jobs: &[LeaseJob]) -> Result<Vec<LeaseAttempt>> {
+    let found = db.cache.query_all_raw(lease_statement(jobs)).await?;
+    let mut by_key: HashMap<String, QueryResult> = HashMap::with_capacity(found.len());
+    for row in found {
+        by_key.insert(row.try_get("", "lock_key")?, row);
+    }
+    let mut taken = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let row = by_key.get(&job.lock_key).ok_or_else(no_row)?;
+        let fence: Option<i64> = row.try_get("", "fence")?;
+        taken.push((fence, token_in_lease_row(keyring, &job.key, row)?));
+    }
+    // Taking a lease may have waited for the previous holder's commit, which stored its
+    // token after this statement's snapshot: read those tokens again, so a fresh one is
+    // never missed. A first lease (fence 1: the row was created, no one held it before) has
+    // no previous holder, and tokens are stored under a lease (but for a grant's first
+    // token, stored by the connect flow: a refresh racing that commit asks the provider once
+    // more, with the grant it reads under the lease).
+    let again: Vec<&TokenKey> = jobs
+        .iter()
+        .zip(&taken)
+        .filter(|(_, (fence, _))| fence.is_some_and(|f| f > 1))
+        .map(|(job, _)| &job.key)
+        .collect();
+    let mut fresh = load_tokens(db, keyring, &again).await?;
+    Ok(jobs
+        .iter()
+        .zip(taken)
+        .map(|(job, (fence, stored))| {
+            let stored = match fence {
+                Some(f) if f > 1 => fresh.remove(&job.key),
+                _ => stored,
+            };
+            LeaseAttempt {
+                lease: fence.map(|fence| TokenLease {
+                    lock_key: job.lock_key.clone(),
+                    owner: job.owner.clone(),
+                    fence,
+                }),
+                stored,
+            }
+        })
+        .collect())
+}
+
+/// One statement for every job: takes each free or expired lease (a new fence), in lock-key
+/// order so that concurrent batches never wait for each other in a circle, and reads each
+/// key's stored token beside it.
+fn lease_statement(jobs: &[LeaseJob]) -> Statement {
     let mut values: Vec<Value> = Vec::with_capacity(jobs.len() * 7);
     let rows: Vec<String> = jobs
         .iter()
@@ -186,55 +234,7 @@ async fn take_once(db: &Db, keyring: &Keyring, jobs: &[LeaseJob]) -> Result<Vec<
             AND t.scope = input.scope AND t.subject = input.subject"#,
         rows.join(", ")
     );
-    let found = db
-        .cache
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?;
-    let mut by_key: HashMap<String, QueryResult> = HashMap::with_capacity(found.len());
-    for row in found {
-        by_key.insert(row.try_get("", "lock_key")?, row);
-    }
-    let mut taken = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let row = by_key.get(&job.lock_key).ok_or_else(no_row)?;
-        let fence: Option<i64> = row.try_get("", "fence")?;
-        taken.push((fence, token_in_lease_row(keyring, &job.key, row)?));
-    }
-    // Taking a lease may have waited for the previous holder's commit, which stored its
-    // token after this statement's snapshot: read those tokens again, so a fresh one is
-    // never missed. A first lease (fence 1: the row was created, no one held it before) has
-    // no previous holder, and tokens are stored under a lease (but for a grant's first
-    // token, stored by the connect flow: a refresh racing that commit asks the provider once
-    // more, with the grant it reads under the lease).
-    let again: Vec<&TokenKey> = jobs
-        .iter()
-        .zip(&taken)
-        .filter(|(_, (fence, _))| fence.is_some_and(|f| f > 1))
-        .map(|(job, _)| &job.key)
-        .collect();
-    let mut fresh = load_tokens(db, keyring, &again).await?;
-    Ok(jobs
-        .iter()
-        .zip(taken)
-        .map(|(job, (fence, stored))| {
-            let stored = match fence {
-                Some(f) if f > 1 => fresh.remove(&job.key),
-                _ => stored,
-            };
-            LeaseAttempt {
-                lease: fence.map(|fence| TokenLease {
-                    lock_key: job.lock_key.clone(),
-                    owner: job.owner.clone(),
-                    fence,
-                }),
-                stored,
-            }
-        })
-        .collect())
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 /// The stored tokens of several keys, in one query.

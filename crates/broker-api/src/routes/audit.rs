@@ -45,7 +45,7 @@ fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Err
         .or_else(|| {
             raw.parse::<f64>()
                 .ok()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .filter(|f| crate::views::is_i64(*f))
                 .map(|f| f as i64)
         })
         .map(Some)

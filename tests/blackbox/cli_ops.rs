@@ -125,18 +125,6 @@ fn secret_matches(metrics: &str, which: &str) -> u64 {
         .expect("a count")
 }
 
-async fn metrics_text(daemon: &Daemon) -> String {
-    daemon
-        .http
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 async fn the_secret_match_metric_counts_current_and_extra(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = DaemonConfig::new();
@@ -146,7 +134,7 @@ async fn the_secret_match_metric_counts_current_and_extra(backend: Backend) {
         serde_json::to_string(&[&old]).expect("json"),
     ));
     let daemon = Daemon::start(&db, config).await;
-    let metrics = metrics_text(&daemon).await;
+    let metrics = daemon.metrics().await;
     assert_eq!(secret_matches(&metrics, "current"), 0);
     assert_eq!(secret_matches(&metrics, "extra"), 0);
 
@@ -170,7 +158,7 @@ async fn the_secret_match_metric_counts_current_and_extra(backend: Backend) {
     let wrong = format!("{}/hookup/{}", daemon.base, distinctive_secret());
     assert_eq!(post(wrong, first).await.0, 404);
 
-    let metrics = metrics_text(&daemon).await;
+    let metrics = daemon.metrics().await;
     assert_eq!(secret_matches(&metrics, "current"), 1, "{metrics}");
     assert_eq!(secret_matches(&metrics, "extra"), 2, "{metrics}");
     assert!(!metrics.contains(&old));

@@ -330,15 +330,7 @@ async fn states_are_one_time_and_provider_errors_are_shown(backend: Backend) {
     assert_eq!(status, 400);
     assert!(page.contains("access_denied"), "{page}");
     assert!(!page.contains("<script>"), "{page}");
-    let metrics = daemon
-        .http
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"broker_authorizations_total{outcome="completed"} 1"#),
         "{metrics}"

@@ -366,15 +366,7 @@ async fn a_good_document_is_stored_and_differences_are_warned() {
         server.received_requests().await.unwrap_or_default().len(),
         2
     );
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains(r#"broker_discovery_runs_total{outcome="ok"} 1"#),
         "{metrics}"

@@ -648,6 +648,18 @@ pub fn query_param(url: &Value, name: &str) -> String {
 }
 
 impl Daemon {
+    /// The `/metrics` page as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Runs a CLI command with `input` on its stdin; returns (success, stdout, stderr).
     pub fn cli_with_stdin(&self, args: &[&str], input: &[u8]) -> (bool, String, String) {
         use std::io::Write;

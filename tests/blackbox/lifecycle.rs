@@ -154,15 +154,7 @@ async fn operations_endpoints_answer(backend: Backend) {
         .hookup(&client_credentials(100, "m", "m-secret"))
         .await;
     daemon.hookup(&json!({})).await;
-    let metrics = daemon
-        .http
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"broker_hookups_total{outcome="registered"} 1"#),
         "{metrics}"

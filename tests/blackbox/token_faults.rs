@@ -167,15 +167,7 @@ async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
 
 /// `broker_upstream_token_answers_total{class=...}` from `/metrics`.
 async fn answers(d: &Daemon, class: &str) -> usize {
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = d.metrics().await;
     let series = format!("broker_upstream_token_answers_total{{class=\"{class}\"}} ");
     let line = metrics
         .lines()

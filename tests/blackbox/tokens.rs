@@ -355,15 +355,7 @@ async fn callers_get_clear_errors(backend: Backend) {
         0
     );
     // Every answer was counted by key, tenant and source.
-    let metrics = daemon
-        .http
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let metrics = daemon.metrics().await;
     assert!(metrics.contains("broker_tokens_served_total{"), "{metrics}");
     assert!(metrics.contains(r#"cache="miss""#));
     assert!(metrics.contains(r#"broker_upstream_token_requests_total{outcome="ok"}"#));

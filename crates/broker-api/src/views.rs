@@ -351,10 +351,13 @@ pub struct CreateApiKey {
     pub tenants: Option<Vec<i64>>,
 }
 
-/// Whether a float is an integer within `i64` (where the cast is exact): `7.0` is one, and
-/// so is `9007199254740992.0`, the largest provet_id.
+/// Whether a float is an integer we take as one: within ±2^53, where every integer is exact
+/// as a float (`7.0`, and `9007199254740992.0`, the largest provet_id). Beyond that a float
+/// may be an integer rounded into range (`-9223372036854775809` reads as -2^63), so it is
+/// refused rather than taken as another number.
 pub(crate) fn is_i64(f: f64) -> bool {
-    f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    f.fract() == 0.0 && (-EXACT..=EXACT).contains(&f)
 }
 
 /// A list of integers as JSON Schema counts them: `7` and `7.0` alike (a fraction is refused).
@@ -505,8 +508,13 @@ mod tests {
                 .contains("7.5 is not an integer")
         );
         assert!(tenants("[1e300]").is_err());
-        assert!(super::is_i64(-9_223_372_036_854_775_808.0));
-        assert!(!super::is_i64(9_223_372_036_854_775_808.0));
+        assert!(
+            tenants("[-9223372036854775809]").is_err(),
+            "below i64: not rounded into range"
+        );
+        assert!(!super::is_i64(-9_223_372_036_854_775_808.0));
+        assert!(!super::is_i64(9_007_199_254_740_994.0));
+        assert!(super::is_i64(-9_007_199_254_740_992.0));
         assert!(!super::is_i64(f64::NAN));
     }
 }

@@ -347,9 +347,26 @@ pub struct CreateApiKey {
     pub role: String,
     /// Limit the key to these tenants; absent or null for all.
     #[serde(default, deserialize_with = "integers")]
-    #[schema(value_type = Option<Vec<i64>>)]
+    #[schema(value_type = Option<Vec<ProvetIdValue>>)]
     pub tenants: Option<Vec<i64>>,
 }
+
+/// A Provet ID as the API takes it: its schema only (1 to 2^53, as `ProvetId` checks).
+pub struct ProvetIdValue;
+
+impl utoipa::PartialSchema for ProvetIdValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(broker_domain::tenant::MAX_PROVET_ID))
+            .into()
+    }
+}
+
+impl ToSchema for ProvetIdValue {}
 
 /// Whether a float is an integer we take as one: within ±2^53, where every integer is exact
 /// as a float (`7.0`, and `9007199254740992.0`, the largest provet_id). Beyond that a float

@@ -648,6 +648,14 @@ pub fn query_param(url: &Value, name: &str) -> String {
 }
 
 impl Daemon {
+    /// One sample of `/metrics`, by its series (`name{labels}`); panics when it is absent.
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        *metric_samples(&text)
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+    }
+
     /// The `/metrics` page as text.
     pub async fn metrics(&self) -> String {
         self.http
@@ -687,4 +695,15 @@ impl Daemon {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
+}
+
+/// Every sample of a `/metrics` page: `name{labels}` -> value.
+pub fn metric_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }

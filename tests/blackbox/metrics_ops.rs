@@ -23,15 +23,7 @@ async fn scrape(daemon: &Daemon) -> (BTreeMap<String, f64>, String) {
         .expect("GET /metrics");
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
-    let samples = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect();
-    (samples, text)
+    (metric_samples(&text), text)
 }
 
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {

@@ -167,13 +167,8 @@ async fn garbage_and_500_give_503_and_a_valid_cached_token_is_still_served() {
 
 /// `broker_upstream_token_answers_total{class=...}` from `/metrics`.
 async fn answers(d: &Daemon, class: &str) -> usize {
-    let metrics = d.metrics().await;
-    let series = format!("broker_upstream_token_answers_total{{class=\"{class}\"}} ");
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with(&series))
-        .unwrap_or_else(|| panic!("no {series} in {metrics}"));
-    line[series.len()..].trim().parse().expect("a count")
+    let series = format!("broker_upstream_token_answers_total{{class=\"{class}\"}}");
+    d.metric_value(&series).await as usize
 }
 
 /// When discovery says the token endpoint takes only client_secret_post, the secret goes in

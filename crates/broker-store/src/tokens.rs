@@ -193,11 +193,8 @@ impl Tokens {
         ))
         .one(&self.db.main)
         .await?;
-        row.map(|row| self.stored_token(key, row)).transpose()
-    }
-
-    fn stored_token(&self, key: &TokenKey, row: token::Model) -> Result<StoredToken> {
-        open_token(&self.keyring, key, row)
+        row.map(|row| open_token(&self.keyring, key, row))
+            .transpose()
     }
 
     /// Stores a fetched token (and, when it changed, the client's credential state) and
